@@ -1,0 +1,58 @@
+"""The train state: everything a checkpoint holds to resume exactly."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import flax.linen as nn
+import flax.struct
+import jax
+import jax.numpy as jnp
+import optax
+
+
+class TrainState(flax.struct.PyTreeNode):
+    """step: int32 (); params / batch_stats: model variables ({} if the model has no
+    BatchNorm); opt_state: optax state (made with optax.inject_hyperparams, so the
+    learning rate is a state value); rng: uint32 (2,) raw key data (orbax saves it as an
+    array). Per-step randomness is fold_in(rng, step), so a resumed run draws the same."""
+
+    step: jnp.ndarray
+    params: Any
+    batch_stats: Any
+    opt_state: Any
+    rng: jnp.ndarray
+
+    @property
+    def key(self) -> jax.Array:
+        return jax.random.wrap_key_data(self.rng)
+
+
+def create_train_state(
+    model: nn.Module, tx: optax.GradientTransformation, sample_inputs: tuple, seed: int
+) -> TrainState:
+    """Initialise parameters from `seed` (host arrays, one copy: the engine replicates)."""
+    init_key, train_key = jax.random.split(jax.random.key(seed))
+    variables = jax.jit(lambda k: model.init(k, *sample_inputs, train=False))(init_key)
+    params = variables["params"]
+    batch_stats = variables.get("batch_stats", {})
+    return TrainState(
+        step=jnp.zeros((), jnp.int32),
+        params=params,
+        batch_stats=batch_stats,
+        opt_state=tx.init(params),
+        rng=jax.random.key_data(train_key),
+    )
+
+
+def learning_rate(opt_state) -> jnp.ndarray:
+    """The learning rate held in an optax.inject_hyperparams state."""
+    return opt_state.hyperparams["learning_rate"]
+
+
+def with_learning_rate(state: TrainState, lr) -> TrainState:
+    """A state whose learning rate is `lr` (same shape as the stored one: per device/config)."""
+    old = learning_rate(state.opt_state)
+    new = jnp.broadcast_to(jnp.asarray(lr, old.dtype), old.shape)
+    hyper = dict(state.opt_state.hyperparams, learning_rate=new)
+    return state.replace(opt_state=state.opt_state._replace(hyperparams=hyper))

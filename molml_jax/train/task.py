@@ -1,0 +1,41 @@
+"""What a pipeline hands the engine: model, loss, inputs, optional augmentation."""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Callable, Mapping
+
+import flax.linen as nn
+import jax
+
+Batch = Mapping[str, jax.Array]
+
+
+@dataclasses.dataclass(frozen=True)
+class Task:
+    """A supervised task for the engine.
+
+    model: called as model.apply(vars, *[batch[k] for k in input_keys], train=...).
+    loss: (outputs, batch) -> per-example loss (B,); the engine weights padding out.
+    metrics: optional (outputs, batch) -> {name: per-example values (B,)}; reported as
+      weighted means over a whole split (sums and counts, correct for a short last batch
+      and across devices).
+    augment: optional (key, batch) -> batch, applied on device to training batches only.
+      batch['_position'] (B,) holds each example's place in the global batch: derive
+      per-example randomness from fold_in(key, position) and results do not depend on
+      how many devices share the batch.
+    drivers: the epoch driver to use per backend ('scan': a whole epoch is one jitted
+      program; 'loop': a Python loop over the jitted step), chosen by measurement
+      (benchmarks/); 'auto' in FitConfig looks the backend up here.
+    """
+
+    model: nn.Module
+    loss: Callable[[jax.Array, Batch], jax.Array]
+    input_keys: tuple[str, ...] = ("x",)
+    target_key: str = "y"
+    metrics: Callable[[jax.Array, Batch], dict] | None = None
+    augment: Callable[[jax.Array, Batch], Batch] | None = None
+    drivers: Mapping[str, str] = dataclasses.field(default_factory=lambda: {"cpu": "loop", "gpu": "scan"})
+
+    def driver_for(self, backend: str) -> str:
+        return self.drivers.get(backend, "loop")
