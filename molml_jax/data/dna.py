@@ -128,7 +128,7 @@ def _labels_01(values: pd.Series, names: list[str], source: str, column: str) ->
     ok = text.isin(["0", "1", "0.0", "1.0", "True", "False", "true", "false"])
     if not ok.all():
         i = int(np.argmin(ok.to_numpy()))
-        raise InputError(f"{source}: {names[i]}: label {values.iloc[i]!r} in column '{column}' is not 0 or 1")
+        raise InputError(f"{source}: {names[i]}: label '{text.iloc[i]}' in column '{column}' is not 0 or 1")
     return text.isin(["1", "1.0", "True", "true"]).to_numpy().astype(np.int32)
 
 

@@ -1,0 +1,199 @@
+"""DNA binding sites, JAX pipeline vs the PyTorch reference, side by side.
+
+    python -m benchmarks.dna_vs_torch --epochs 30 --seed 0
+    python -m benchmarks.dna_vs_torch --epochs 30 --devices 2 --torch-threads 1
+
+Runs, back to back in one process and on the same data split (seed):
+  1. the JAX pipeline, `molml_jax.pipelines.dna.train_and_evaluate` (its run folder goes to
+     a temporary directory and is deleted afterwards), then
+  2. the PyTorch reference of the problem set (`benchmarks.torch_dna`).
+
+Measures, for each: seconds per epoch (training plus validation, the median of the epochs
+after the first: the first JAX epoch includes compilation), the ratio torch / JAX of those
+medians, JAX compile seconds (first epoch minus the median), total wall time, and the test
+ROC AUC after the last epoch (as the course reports it) and of the best-validation epoch.
+The two runs start from different random initialisations (torch's and JAX's generators),
+so their loss curves agree in shape and level, not value by value.
+
+Writes benchmarks/results/dna_vs_torch.json (every number, both histories, the machine),
+dna_vs_torch.md (a table) and dna_loss_curves.png (train / validation losses of both).
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import os
+import platform
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+from experiments._cli import positive_int, use_cpu_devices
+
+RESULTS = Path(__file__).resolve().parent / "results"
+
+
+def _read_history(path: Path) -> list[dict]:
+    with open(path, newline="") as handle:
+        return [{k: (int(v) if k == "epoch" else float(v)) for k, v in row.items()} for row in csv.DictReader(handle)]
+
+
+def _median_after_first(history: list[dict]) -> float:
+    times = [row["epoch_seconds"] for row in history[1:]] or [history[0]["epoch_seconds"]]
+    return statistics.median(times)
+
+
+def _cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def run(epochs: int, seed: int, devices: int = 1, torch_threads: int | None = None,
+        results_dir: Path = RESULTS) -> dict:
+    import jax
+    import torch
+
+    from benchmarks.torch_dna import run_torch_reference
+    from molml_jax.pipelines.dna import DNAConfig, train_and_evaluate
+    from molml_jax.plots import plot_curve_comparison
+    from molml_jax.train.run_folder import write_json
+
+    with tempfile.TemporaryDirectory(prefix="dna_vs_torch_") as tmp:
+        run_dir = Path(tmp) / "dna_jax"
+        began = time.perf_counter()
+        summary = train_and_evaluate(DNAConfig(epochs=epochs, seed=seed, devices=devices, out=str(run_dir)),
+                                     progress=False)
+        jax_wall = time.perf_counter() - began
+        jax_history = _read_history(run_dir / "history.csv")
+
+    began = time.perf_counter()
+    reference = run_torch_reference(epochs, seed, threads=torch_threads)
+    torch_wall = time.perf_counter() - began
+    reference.pop("model")
+    torch_history = reference["history"]
+
+    jax_epoch = _median_after_first(jax_history)
+    torch_epoch = _median_after_first(torch_history)
+    result = {
+        "command": f"python -m benchmarks.dna_vs_torch --epochs {epochs} --seed {seed} --devices {devices}"
+                   + (f" --torch-threads {torch_threads}" if torch_threads else ""),
+        "epochs": epochs,
+        "seed": seed,
+        "n_train": summary["n_train"], "n_val": summary["n_val"], "n_test": summary["n_test"],
+        "jax": {
+            "median_epoch_seconds": jax_epoch,
+            "first_epoch_seconds": jax_history[0]["epoch_seconds"],
+            "compile_seconds": summary["compile_seconds"],
+            "wall_seconds": jax_wall,
+            "test_auc_last_epoch": summary["test_auc_last_epoch"],
+            "test_auc_best_val": summary["test_auc"],
+            "best_epoch": summary["best_epoch"],
+            "final_train_loss": jax_history[-1]["train_loss"],
+            "final_val_loss": jax_history[-1]["val_loss"],
+            "devices": devices,
+            "driver": summary["driver"],
+            "history": jax_history,
+        },
+        "torch": {
+            "median_epoch_seconds": torch_epoch,
+            "first_epoch_seconds": torch_history[0]["epoch_seconds"],
+            "wall_seconds": torch_wall,
+            "test_auc_last_epoch": reference["test_auc"],
+            "test_auc_best_val": reference["test_auc_best_val"],
+            "best_epoch": reference["best_epoch"],
+            "final_train_loss": torch_history[-1]["train_loss"],
+            "final_val_loss": torch_history[-1]["val_loss"],
+            "threads": reference["threads"],
+            "history": torch_history,
+        },
+        "speedup_torch_over_jax": torch_epoch / jax_epoch,
+        "machine": {
+            "backend": jax.default_backend(),
+            "device_kind": jax.devices()[0].device_kind,
+            "jax_devices": jax.local_device_count(),
+            "jax_version": jax.__version__,
+            "torch_version": torch.__version__,
+            "python": platform.python_version(),
+            "cpu_count": os.cpu_count(),
+            "cpu": _cpu_model(),
+            "platform": platform.platform(),
+            "xla_flags": os.environ.get("XLA_FLAGS", ""),
+        },
+    }
+
+    results_dir.mkdir(parents=True, exist_ok=True)
+    write_json(results_dir / "dna_vs_torch.json", result)
+    (results_dir / "dna_vs_torch.md").write_text(markdown(result))
+    plot_curve_comparison(
+        {"JAX": jax_history, "PyTorch": torch_history}, results_dir / "dna_loss_curves.png",
+        title=f"BiLSTM on DNA binding, seed {seed}: test AUC JAX {summary['test_auc_last_epoch']:.3f}, "
+              f"PyTorch {reference['test_auc']:.3f}",
+    )
+    return result
+
+
+def markdown(result: dict) -> str:
+    j, t, m = result["jax"], result["torch"], result["machine"]
+    compile_s = f"{j['compile_seconds']:.2f}" if j["compile_seconds"] is not None else "n/a"
+    rows = [
+        ("seconds per epoch (median after the first)", f"{j['median_epoch_seconds']:.3f}", f"{t['median_epoch_seconds']:.3f}"),
+        ("first epoch seconds", f"{j['first_epoch_seconds']:.2f}", f"{t['first_epoch_seconds']:.2f}"),
+        ("compile seconds", compile_s, "-"),
+        ("total wall seconds", f"{j['wall_seconds']:.1f}", f"{t['wall_seconds']:.1f}"),
+        ("test AUC, last epoch", f"{j['test_auc_last_epoch']:.4f}", f"{t['test_auc_last_epoch']:.4f}"),
+        ("test AUC, best validation epoch", f"{j['test_auc_best_val']:.4f} (epoch {j['best_epoch']})",
+         f"{t['test_auc_best_val']:.4f} (epoch {t['best_epoch']})"),
+        ("final train / validation loss", f"{j['final_train_loss']:.4f} / {j['final_val_loss']:.4f}",
+         f"{t['final_train_loss']:.4f} / {t['final_val_loss']:.4f}"),
+        ("parallelism", f"{j['devices']} device(s), {j['driver']} driver", f"{t['threads']} thread(s)"),
+    ]
+    lines = [
+        f"# DNA binding BiLSTM: JAX vs PyTorch ({result['epochs']} epochs, seed {result['seed']})",
+        "",
+        f"`{result['command']}`",
+        "",
+        "| | JAX | PyTorch |",
+        "|---|---|---|",
+        *(f"| {name} | {a} | {b} |" for name, a, b in rows),
+        "",
+        f"PyTorch / JAX time per epoch: **{result['speedup_torch_over_jax']:.2f}x**.",
+        "",
+        f"Split: {result['n_train']} train, {result['n_val']} validation, {result['n_test']} test. "
+        f"Machine: {m['backend']} ({m['device_kind']}), {m['cpu_count']} CPUs ({m['cpu']}); "
+        f"jax {m['jax_version']}, torch {m['torch_version']}, Python {m['python']}.",
+        "",
+        "![loss curves](dna_loss_curves.png)",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.dna_vs_torch", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--epochs", type=positive_int, default=30)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--devices", type=positive_int, default=1,
+                        help="JAX devices (on CPU: forced host devices)")
+    parser.add_argument("--torch-threads", type=positive_int, default=None,
+                        help="torch.set_num_threads for the reference (default: torch's own)")
+    parser.add_argument("--results-dir", type=Path, default=RESULTS,
+                        help="where to write the JSON, markdown and figure (default: benchmarks/results)")
+    args = parser.parse_args(argv)
+    use_cpu_devices(args.devices)  # before JAX is imported
+    from molml_jax.errors import exit_on_user_error
+
+    with exit_on_user_error():
+        result = run(args.epochs, args.seed, args.devices, args.torch_threads, args.results_dir)
+    print(markdown(result))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,207 @@
+"""The PyTorch reference of problem set 2, part 1: DNA binding sites with a bidirectional LSTM.
+
+    python -m benchmarks.torch_dna --epochs 5 --seed 0 --out torch_dna.json
+
+Written from the problem set: a torch Dataset whose __getitem__ returns (x, y), DataLoaders
+of batch 256 (training shuffled), the LSTMseq model (nn.LSTM(4, H, batch_first=True,
+num_layers=1, bidirectional=True); h_n[-1], the backward direction's final hidden state,
+into Linear-Tanh-Linear-Tanh-Linear(1) and a sigmoid), Adam lr 1e-2, ReduceLROnPlateau
+(mode 'min', factor 0.5, patience 10) stepped with the validation loss each epoch, binary
+cross entropy, and the test ROC AUC of the model after the last epoch (as the course
+reports it; the AUC of the best-validation epoch is reported too).
+
+The data and its train / validation / test split are exactly the JAX pipeline's
+(`molml_jax.pipelines.dna.load_data`), so the two can be compared epoch by epoch.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import statistics
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from sklearn.metrics import roc_auc_score
+from torch import nn
+from torch.utils.data import DataLoader, Dataset
+
+
+class DNADataset(Dataset):
+    """One-hot sequences x (N, L, 4) float32 and labels y (N,) float32."""
+
+    def __init__(self, x: np.ndarray, y: np.ndarray):
+        self.x = torch.as_tensor(np.asarray(x, np.float32))
+        self.y = torch.as_tensor(np.asarray(y, np.float32))
+
+    def __len__(self) -> int:
+        return len(self.y)
+
+    def __getitem__(self, index):
+        return self.x[index], self.y[index]
+
+
+class LSTMseq(nn.Module):
+    """The course's classifier. forward(x (B, L, 4)) -> probabilities (B,).
+
+    `lengths` (B,) is an extension for variable-length batches (zero-padded at the end):
+    the LSTM then runs on a packed sequence (enforce_sorted=False), so the backward
+    direction starts at each sequence's own last element.
+    """
+
+    def __init__(self, hidden_dim: int = 16):
+        super().__init__()
+        self.lstm = nn.LSTM(4, hidden_dim, batch_first=True, num_layers=1, bidirectional=True)
+        self.mlp = nn.Sequential(
+            nn.Linear(hidden_dim, hidden_dim),
+            nn.Tanh(),
+            nn.Linear(hidden_dim, hidden_dim),
+            nn.Tanh(),
+            nn.Linear(hidden_dim, 1),
+        )
+        self.sigmoid = nn.Sigmoid()
+
+    def forward(self, x, lengths=None):
+        if lengths is not None:
+            x = nn.utils.rnn.pack_padded_sequence(
+                x, torch.as_tensor(lengths).cpu(), batch_first=True, enforce_sorted=False)
+        _, (h_n, _) = self.lstm(x)  # h_n (2, B, H): [forward, backward] final states
+        return self.sigmoid(self.mlp(h_n[-1])).squeeze(-1)
+
+
+def train(model, loader, optimizer) -> float:
+    """One epoch of updates; the mean of the batch losses."""
+    model.train()
+    losses = []
+    for x, y in loader:
+        optimizer.zero_grad()
+        loss = nn.functional.binary_cross_entropy(model(x), y)
+        loss.backward()
+        optimizer.step()
+        losses.append(loss.item())
+    return float(np.mean(losses))
+
+
+def validate(model, loader) -> float:
+    """The mean of the batch losses, without updates."""
+    model.eval()
+    losses = []
+    with torch.no_grad():
+        for x, y in loader:
+            losses.append(nn.functional.binary_cross_entropy(model(x), y).item())
+    return float(np.mean(losses))
+
+
+def evaluate(model, loader) -> tuple[np.ndarray, np.ndarray]:
+    """(predicted probabilities, true labels) over the loader, as numpy arrays."""
+    model.eval()
+    predictions, labels = [], []
+    with torch.no_grad():
+        for x, y in loader:
+            predictions.append(model(x).numpy())
+            labels.append(y.numpy())
+    return np.concatenate(predictions), np.concatenate(labels)
+
+
+def run_torch_reference(epochs: int, seed: int, hidden_dim: int = 16, batch_size: int = 256,
+                        lr: float = 1e-2, threads: int | None = None) -> dict:
+    """Train and test the reference on the JAX pipeline's data and split (DNAConfig(seed)).
+
+    Returns {'history': [{'epoch', 'train_loss', 'val_loss', 'lr', 'epoch_seconds'}, ...],
+    'test_auc' (after the last epoch, as the course), 'test_auc_best_val' (the weights of
+    the epoch with the lowest validation loss), 'best_epoch', 'median_epoch_seconds' (epochs
+    after the first), 'threads', 'torch_version', split sizes, and 'model' (the trained
+    LSTMseq). epoch_seconds is the wall time of that epoch's train() plus validate().
+    """
+    from molml_jax.pipelines.dna import DNAConfig, load_data
+
+    if epochs < 1:
+        raise ValueError(f"epochs must be at least 1, got {epochs}")
+    previous_threads = torch.get_num_threads()
+    if threads is not None:
+        torch.set_num_threads(threads)
+    try:
+        data = load_data(DNAConfig(seed=seed, hidden_dim=hidden_dim, batch_size=batch_size, lr=lr))
+        if data.variable_length:
+            raise ValueError("the torch reference handles one sequence length only (the course data)")
+        parts = {name: DNADataset(data.x[idx], data.y[idx]) for name, idx in data.split.items()}
+        generator = torch.Generator().manual_seed(seed)
+        train_loader = DataLoader(parts["train"], batch_size=batch_size, shuffle=True, generator=generator)
+        val_loader = DataLoader(parts["val"], batch_size=batch_size)
+        test_loader = DataLoader(parts["test"], batch_size=batch_size)
+
+        torch.manual_seed(seed)
+        model = LSTMseq(hidden_dim)
+        optimizer = torch.optim.Adam(model.parameters(), lr=lr)
+        scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, mode="min", factor=0.5, patience=10)
+
+        history, best_val, best_epoch, best_weights = [], float("inf"), 0, None
+        for epoch in range(1, epochs + 1):
+            current_lr = optimizer.param_groups[0]["lr"]
+            began = time.perf_counter()
+            train_loss = train(model, train_loader, optimizer)
+            val_loss = validate(model, val_loader)
+            seconds = time.perf_counter() - began
+            scheduler.step(val_loss)
+            history.append({"epoch": epoch, "train_loss": train_loss, "val_loss": val_loss,
+                            "lr": current_lr, "epoch_seconds": seconds})
+            if val_loss < best_val:
+                best_val, best_epoch = val_loss, epoch
+                best_weights = copy.deepcopy(model.state_dict())
+
+        probabilities, labels = evaluate(model, test_loader)
+        test_auc = float(roc_auc_score(labels, probabilities))
+        best_model = LSTMseq(hidden_dim)
+        best_model.load_state_dict(best_weights)
+        best_probabilities, _ = evaluate(best_model, test_loader)
+        times = [row["epoch_seconds"] for row in history[1:]] or [history[0]["epoch_seconds"]]
+        return {
+            "history": history,
+            "test_auc": test_auc,
+            "test_auc_best_val": float(roc_auc_score(labels, best_probabilities)),
+            "best_epoch": best_epoch,
+            "best_val_loss": best_val,
+            "median_epoch_seconds": statistics.median(times),
+            "threads": torch.get_num_threads(),
+            "torch_version": torch.__version__,
+            "n_train": len(parts["train"]),
+            "n_val": len(parts["val"]),
+            "n_test": len(parts["test"]),
+            "model": model,
+        }
+    finally:
+        torch.set_num_threads(previous_threads)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.torch_dna", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--epochs", type=int, default=500)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--hidden-dim", type=int, default=16)
+    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
+    parser.add_argument("--out", help="write the results (without the model) to this JSON file")
+    parser.add_argument("--save-state-dict", metavar="PT",
+                        help="save the trained model's state_dict here (load it in JAX with "
+                             "molml_jax.interop.load_torch_lstm_checkpoint)")
+    args = parser.parse_args(argv)
+    result = run_torch_reference(args.epochs, args.seed, hidden_dim=args.hidden_dim, threads=args.threads)
+    model = result.pop("model")
+    if args.save_state_dict:
+        Path(args.save_state_dict).parent.mkdir(parents=True, exist_ok=True)
+        torch.save(model.state_dict(), args.save_state_dict)
+    if args.out:
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
+    last = result["history"][-1]
+    print(f"epochs {len(result['history'])}: train loss {last['train_loss']:.4f}, validation loss "
+          f"{last['val_loss']:.4f}; test AUC {result['test_auc']:.4f} (best validation epoch "
+          f"{result['best_epoch']}: {result['test_auc_best_val']:.4f}); median epoch "
+          f"{result['median_epoch_seconds']:.2f} s on {result['threads']} thread(s)")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,39 @@
+"""Test setup: two forced CPU devices (before JAX is imported) and small shared fixtures."""
+
+import os
+
+os.environ["XLA_FLAGS"] = (
+    os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=2"
+).strip()
+os.environ.setdefault("JAX_PLATFORMS", "cpu")
+
+from pathlib import Path  # noqa: E402
+
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+import pytest  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def motif_sequences(n: int, length: int, seed: int) -> tuple[list[str], np.ndarray]:
+    """Random DNA where label 1 sequences carry the motif GATTACA: learnable in a few epochs."""
+    rng = np.random.default_rng(seed)
+    seqs, labels = [], []
+    for i in range(n):
+        s = list(rng.choice(list("ACGT"), size=length))
+        label = i % 2
+        if label:
+            at = rng.integers(0, length - 7)
+            s[at : at + 7] = list("GATTACA")
+        seqs.append("".join(s))
+        labels.append(label)
+    return seqs, np.array(labels)
+
+
+@pytest.fixture
+def tiny_dna_csv(tmp_path) -> Path:
+    seqs, labels = motif_sequences(240, 24, seed=0)
+    path = tmp_path / "tiny.csv"
+    pd.DataFrame({"seq": seqs, "bind": labels}).to_csv(path)
+    return path
