@@ -188,14 +188,13 @@ def test_one_adam_step_matches_torch(model):
     updated = optax.apply_updates(params, updates)
     assert abs(float(loss) - torch_loss.item()) < 1e-6
 
-    # gradients: kernels are transposed torch weights; the fused bias gets the gradient
-    # that torch gives b_ih and b_hh each
+    # gradients: kernels are transposed torch weights; both biases as torch
     for suffix, name in (("", "lstm_forward"), ("_reverse", "lstm_backward")):
         g = jax.tree.map(np.asarray, grads[name])
         np.testing.assert_allclose(g["kernel_ih"], torch_grads[f"lstm.weight_ih_l0{suffix}"].T, atol=1e-6)
         np.testing.assert_allclose(g["kernel_hh"], torch_grads[f"lstm.weight_hh_l0{suffix}"].T, atol=1e-6)
-        np.testing.assert_allclose(g["bias"], torch_grads[f"lstm.bias_ih_l0{suffix}"], atol=1e-6)
-        np.testing.assert_allclose(g["bias"], torch_grads[f"lstm.bias_hh_l0{suffix}"], atol=1e-6)
+        np.testing.assert_allclose(g["bias_ih"], torch_grads[f"lstm.bias_ih_l0{suffix}"], atol=1e-6)
+        np.testing.assert_allclose(g["bias_hh"], torch_grads[f"lstm.bias_hh_l0{suffix}"], atol=1e-6)
     for layer, name in (("0", "dense_0"), ("2", "dense_1"), ("4", "dense_2")):
         np.testing.assert_allclose(np.asarray(grads[name]["kernel"]), torch_grads[f"mlp.{layer}.weight"].T, atol=1e-6)
         np.testing.assert_allclose(np.asarray(grads[name]["bias"]), torch_grads[f"mlp.{layer}.bias"], atol=1e-6)
@@ -204,17 +203,9 @@ def test_one_adam_step_matches_torch(model):
     jax.tree.map(np.testing.assert_array_equal, updated["lstm_forward"], params["lstm_forward"])
     jax.tree.map(np.testing.assert_array_equal, expected["lstm_forward"], params["lstm_forward"])
 
-    # updated parameters agree, except the LSTM biases
+    # every updated parameter agrees with torch's Adam step (biases included: two, as torch)
     for (path, got), want in zip(jax.tree_util.tree_leaves_with_path(updated), jax.tree.leaves(expected)):
-        if jax.tree_util.keystr(path).endswith("['bias']") and "lstm" in jax.tree_util.keystr(path):
-            continue
         np.testing.assert_allclose(np.asarray(got), np.asarray(want), atol=1e-5, rtol=0,
                                    err_msg=jax.tree_util.keystr(path))
-    # torch keeps b_ih and b_hh as two parameters with the same gradient; Adam moves each by
-    # the step the fused flax bias takes, so torch's b_ih + b_hh moves TWICE as far. Forward
-    # outputs are identical; training dynamics of the LSTM biases are not (flax's bias learns
-    # at half torch's rate). Pinned here so that a change to either side is noticed.
-    step_jax = np.asarray(updated["lstm_backward"]["bias"]) - np.asarray(params["lstm_backward"]["bias"])
-    step_torch = np.asarray(expected["lstm_backward"]["bias"]) - np.asarray(params["lstm_backward"]["bias"])
-    assert np.abs(step_jax).max() > 1e-3
-    np.testing.assert_allclose(step_torch, 2 * step_jax, atol=1e-5, rtol=0)
+    step = np.asarray(updated["lstm_backward"]["bias_ih"]) - np.asarray(params["lstm_backward"]["bias_ih"])
+    assert np.abs(step).max() > 1e-3  # the step is large enough for the comparison to mean something

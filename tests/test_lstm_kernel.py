@@ -80,9 +80,8 @@ def test_classifier_shapes_parameter_count_and_forward_independence():
     x = jnp.zeros((3, 101, 4))
     params = model.init(jax.random.key(0), x)["params"]
     count = sum(p.size for p in jax.tree.leaves(params))
-    # torch LSTMseq(16): 2 * (64*4 + 64*16 + 2*64) + 2 * (16*16 + 16) + (16 + 1) = 3377;
-    # here one bias per gate and direction instead of two: 3377 - 2*64
-    assert count == 3377 - 128
+    # as torch LSTMseq(16): 2 * (64*4 + 64*16 + 2*64) + 2 * (16*16 + 16) + (16 + 1)
+    assert count == 3377
     logits = model.apply({"params": params}, x)
     assert logits.shape == (3,)
     # the output only depends on the backward direction, as torch h_n[-1]

@@ -11,7 +11,7 @@ Its state_dict and the Flax parameter tree it maps to (gates i, f, g, o in both)
 
     lstm.weight_ih_l0            (4H, 4)  -> lstm_forward.kernel_ih  (4, 4H) = W_ih.T
     lstm.weight_hh_l0            (4H, H)  -> lstm_forward.kernel_hh  (H, 4H) = W_hh.T
-    lstm.bias_ih_l0, bias_hh_l0  (4H,)    -> lstm_forward.bias       (4H,)   = b_ih + b_hh
+    lstm.bias_ih_l0, bias_hh_l0  (4H,)    -> lstm_forward.bias_ih, bias_hh (4H,)
     lstm.*_l0_reverse                     -> lstm_backward.* (the same way)
     mlp.0.weight (H, H), mlp.0.bias (H,)  -> dense_0.kernel (H, H) = W.T, dense_0.bias (H,)
     mlp.2.*                               -> dense_1.*
@@ -102,7 +102,7 @@ def lstm_params_from_torch(
 
     Returns:
       The 'params' collection of `BiLSTMClassifier(hidden_dim=H)` (float32 jax arrays):
-      {'lstm_forward': {'kernel_ih' (4, 4H), 'kernel_hh' (H, 4H), 'bias' (4H,)},
+      {'lstm_forward': {'kernel_ih' (4, 4H), 'kernel_hh' (H, 4H), 'bias_ih', 'bias_hh' (4H,)},
        'lstm_backward': {same}, 'dense_0': {'kernel' (H, H), 'bias' (H,)},
        'dense_1': {same}, 'dense_2': {'kernel' (H, 1), 'bias' (1,)}}.
       Use as `BiLSTMClassifier(H).apply({'params': params}, x)` -> logits (B,).
@@ -170,7 +170,8 @@ def lstm_params_from_torch(
         return {
             "kernel_ih": jnp.asarray(arrays[f"lstm.weight_ih_l0{suffix}"].T),
             "kernel_hh": jnp.asarray(arrays[f"lstm.weight_hh_l0{suffix}"].T),
-            "bias": jnp.asarray(arrays[f"lstm.bias_ih_l0{suffix}"] + arrays[f"lstm.bias_hh_l0{suffix}"]),
+            "bias_ih": jnp.asarray(arrays[f"lstm.bias_ih_l0{suffix}"]),
+            "bias_hh": jnp.asarray(arrays[f"lstm.bias_hh_l0{suffix}"]),
         }
 
     def dense(layer: str) -> dict:
