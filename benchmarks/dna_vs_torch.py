@@ -30,6 +30,8 @@ import tempfile
 import time
 from pathlib import Path
 
+import numpy as np
+
 from experiments._cli import positive_int, use_cpu_devices
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -56,7 +58,7 @@ def _cpu_model() -> str:
 
 
 def run(epochs: int, seed: int, devices: int = 1, torch_threads: int | None = None,
-        results_dir: Path = RESULTS) -> dict:
+        results_dir: Path = RESULTS, same_start: bool = False) -> dict:
     import jax
     import torch
 
@@ -65,16 +67,34 @@ def run(epochs: int, seed: int, devices: int = 1, torch_threads: int | None = No
     from molml_jax.plots import plot_curve_comparison
     from molml_jax.train.run_folder import write_json
 
+    initial_params = initial_state_dict = batch_order = None
+    if same_start:  # both from torch's initial weights, both through the JAX run's batches
+        from benchmarks.torch_dna import LSTMseq
+        from molml_jax.interop import lstm_params_from_torch
+        from molml_jax.train.engine import epoch_order
+        from molml_jax.train.state import seed_keys
+
+        torch.manual_seed(seed)
+        initial_state_dict = LSTMseq(16).state_dict()
+        initial_params = lstm_params_from_torch(initial_state_dict)
+        run_rng = np.asarray(jax.random.key_data(seed_keys(seed)[1]))
+        n_train = None
+
+        def batch_order(epoch):
+            return epoch_order(run_rng, epoch, n_train)
+
     with tempfile.TemporaryDirectory(prefix="dna_vs_torch_") as tmp:
         run_dir = Path(tmp) / "dna_jax"
         began = time.perf_counter()
         summary = train_and_evaluate(DNAConfig(epochs=epochs, seed=seed, devices=devices, out=str(run_dir)),
-                                     progress=False)
+                                     progress=False, initial_params=initial_params)
+        n_train = summary["n_train"]
         jax_wall = time.perf_counter() - began
         jax_history = _read_history(run_dir / "history.csv")
 
     began = time.perf_counter()
-    reference = run_torch_reference(epochs, seed, threads=torch_threads)
+    reference = run_torch_reference(epochs, seed, threads=torch_threads,
+                                    initial_state_dict=initial_state_dict, batch_order=batch_order)
     torch_wall = time.perf_counter() - began
     reference.pop("model")
     torch_history = reference["history"]
@@ -83,7 +103,14 @@ def run(epochs: int, seed: int, devices: int = 1, torch_threads: int | None = No
     torch_epoch = _median_after_first(torch_history)
     result = {
         "command": f"python -m benchmarks.dna_vs_torch --epochs {epochs} --seed {seed} --devices {devices}"
-                   + (f" --torch-threads {torch_threads}" if torch_threads else ""),
+                   + (f" --torch-threads {torch_threads}" if torch_threads else "")
+                   + (" --same-start" if same_start else ""),
+        "same_start": same_start,
+        "max_abs_train_loss_difference": {
+            f"first {k} epochs": max(abs(a["train_loss"] - b["train_loss"])
+                                     for a, b in zip(jax_history[:k], torch_history[:k]))
+            for k in (1, 10, epochs)
+        },
         "epochs": epochs,
         "seed": seed,
         "n_train": summary["n_train"], "n_val": summary["n_val"], "n_test": summary["n_test"],
@@ -129,10 +156,11 @@ def run(epochs: int, seed: int, devices: int = 1, torch_threads: int | None = No
     }
 
     results_dir.mkdir(parents=True, exist_ok=True)
-    write_json(results_dir / "dna_vs_torch.json", result)
-    (results_dir / "dna_vs_torch.md").write_text(markdown(result))
+    suffix = "_same_start" if same_start else ""
+    write_json(results_dir / f"dna_vs_torch{suffix}.json", result)
+    (results_dir / f"dna_vs_torch{suffix}.md").write_text(markdown(result))
     plot_curve_comparison(
-        {"JAX": jax_history, "PyTorch": torch_history}, results_dir / "dna_loss_curves.png",
+        {"JAX": jax_history, "PyTorch": torch_history}, results_dir / f"dna_loss_curves{suffix}.png",
         title=f"BiLSTM on DNA binding, seed {seed}: test AUC JAX {summary['test_auc_last_epoch']:.3f}, "
               f"PyTorch {reference['test_auc']:.3f}",
     )
@@ -165,11 +193,17 @@ def markdown(result: dict) -> str:
         "",
         f"PyTorch / JAX time per epoch: **{result['speedup_torch_over_jax']:.2f}x**.",
         "",
+        ("Both start from the same (torch-initialised) weights and see the same batches in the same "
+         "order; largest |train loss difference|: "
+         + ", ".join(f"{k}: {v:.2e}" for k, v in result["max_abs_train_loss_difference"].items()) + "."
+         if result["same_start"] else
+         "Each framework starts from its own random initialisation and batch order (same split)."),
+        "",
         f"Split: {result['n_train']} train, {result['n_val']} validation, {result['n_test']} test. "
         f"Machine: {m['backend']} ({m['device_kind']}), {m['cpu_count']} CPUs ({m['cpu']}); "
         f"jax {m['jax_version']}, torch {m['torch_version']}, Python {m['python']}.",
         "",
-        "![loss curves](dna_loss_curves.png)",
+        f"![loss curves](dna_loss_curves{'_same_start' if result['same_start'] else ''}.png)",
         "",
     ]
     return "\n".join(lines)
@@ -184,6 +218,8 @@ def main(argv: list[str] | None = None) -> None:
                         help="JAX devices (on CPU: forced host devices)")
     parser.add_argument("--torch-threads", type=positive_int, default=None,
                         help="torch.set_num_threads for the reference (default: torch's own)")
+    parser.add_argument("--same-start", action="store_true",
+                        help="start both from torch's initial weights and feed both the same batch order")
     parser.add_argument("--results-dir", type=Path, default=RESULTS,
                         help="where to write the JSON, markdown and figure (default: benchmarks/results)")
     args = parser.parse_args(argv)
@@ -191,7 +227,8 @@ def main(argv: list[str] | None = None) -> None:
     from molml_jax.errors import exit_on_user_error
 
     with exit_on_user_error():
-        result = run(args.epochs, args.seed, args.devices, args.torch_threads, args.results_dir)
+        result = run(args.epochs, args.seed, args.devices, args.torch_threads, args.results_dir,
+                     args.same_start)
     print(markdown(result))
 
 

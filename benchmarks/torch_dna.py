@@ -106,8 +106,24 @@ def evaluate(model, loader) -> tuple[np.ndarray, np.ndarray]:
     return np.concatenate(predictions), np.concatenate(labels)
 
 
+class EpochOrderSampler(torch.utils.data.Sampler):
+    """Visits the training set in a given order per epoch: order(epoch) -> index array.
+    With `molml_jax.train.engine.epoch_order` torch sees exactly the JAX run's batches."""
+
+    def __init__(self, n: int, order):
+        self.n, self.order, self.epoch = n, order, 0
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __iter__(self):
+        self.epoch += 1
+        return iter(np.asarray(self.order(self.epoch)).tolist())
+
+
 def run_torch_reference(epochs: int, seed: int, hidden_dim: int = 16, batch_size: int = 256,
-                        lr: float = 1e-2, threads: int | None = None) -> dict:
+                        lr: float = 1e-2, threads: int | None = None, initial_state_dict=None,
+                        batch_order=None) -> dict:
     """Train and test the reference on the JAX pipeline's data and split (DNAConfig(seed)).
 
     Returns {'history': [{'epoch', 'train_loss', 'val_loss', 'lr', 'epoch_seconds'}, ...],
@@ -128,13 +144,19 @@ def run_torch_reference(epochs: int, seed: int, hidden_dim: int = 16, batch_size
         if data.variable_length:
             raise ValueError("the torch reference handles one sequence length only (the course data)")
         parts = {name: DNADataset(data.x[idx], data.y[idx]) for name, idx in data.split.items()}
-        generator = torch.Generator().manual_seed(seed)
-        train_loader = DataLoader(parts["train"], batch_size=batch_size, shuffle=True, generator=generator)
+        if batch_order is None:
+            generator = torch.Generator().manual_seed(seed)
+            train_loader = DataLoader(parts["train"], batch_size=batch_size, shuffle=True, generator=generator)
+        else:
+            sampler = EpochOrderSampler(len(parts["train"]), batch_order)
+            train_loader = DataLoader(parts["train"], batch_size=batch_size, sampler=sampler)
         val_loader = DataLoader(parts["val"], batch_size=batch_size)
         test_loader = DataLoader(parts["test"], batch_size=batch_size)
 
         torch.manual_seed(seed)
         model = LSTMseq(hidden_dim)
+        if initial_state_dict is not None:
+            model.load_state_dict(initial_state_dict)
         optimizer = torch.optim.Adam(model.parameters(), lr=lr)
         scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, mode="min", factor=0.5, patience=10)
 

@@ -37,7 +37,8 @@ def build_parser() -> argparse.ArgumentParser:
                        help="epoch driver; auto = the measured faster one for this backend")
     train.add_argument("--early-stopping", type=positive_int, default=None, metavar="PATIENCE",
                        help="stop after PATIENCE epochs without a lower validation loss")
-    train.add_argument("--checkpoint-every", type=positive_int, default=1, metavar="EPOCHS")
+    train.add_argument("--checkpoint-every", type=positive_int, default=10, metavar="EPOCHS",
+                       help="save the latest and best model every EPOCHS epochs (and at the end)")
     train.add_argument("--out", default="runs/dna", help="run folder; an existing run there is resumed")
     train.add_argument("--quiet", action="store_true", help="no progress bar")
     for name, text in (("predict", "write probabilities for a CSV or FASTA file"),

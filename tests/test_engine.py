@@ -10,6 +10,7 @@ from molml_jax.data import one_hot
 from molml_jax.models import BiLSTMClassifier
 from molml_jax.pipelines.dna import make_optimizer, make_task
 from molml_jax.train import Engine, batch_plan, binary_cross_entropy_with_logits, create_train_state
+from molml_jax.train.engine import epoch_order, shuffle_key
 
 from conftest import motif_sequences
 
@@ -60,8 +61,9 @@ def test_short_last_batch_is_the_mean_over_its_real_examples():
     new, losses = _train(engine, state, data, epochs=1)
 
     # the same three Adam steps by hand, each on the mean loss of that batch's real examples
-    index, weight, _ = batch_plan(jax.random.wrap_key_data(engine.shuffle_key(state.rng, 1)), 72, 32, 1, True)
+    index, weight, _ = batch_plan(jax.random.wrap_key_data(shuffle_key(state.rng, 1)), 72, 32, 1, True)
     index, weight = np.asarray(index)[:, 0], np.asarray(weight)[:, 0]
+    np.testing.assert_array_equal(index.ravel()[:72], epoch_order(state.rng, 1, 72))
     model, tx = engine.task.model, engine.tx
     params, opt_state = state.params, tx.init(state.params)
     total = 0.0
@@ -139,3 +141,44 @@ def test_bad_engine_settings():
         _engine(devices=64)
     with pytest.raises(ValueError, match="driver"):
         _engine(driver="fast")
+
+
+@pytest.mark.parametrize("driver", ["scan", "loop"])
+def test_vmapped_configurations_match_sequential_runs_and_freeze_when_inactive(driver):
+    """Two learning rates in one vmapped program = two separate runs on the same batches."""
+    from molml_jax.train.state import with_learning_rate
+
+    data = _data()
+    lrs = [1e-2, 3e-3]
+    engine, state = _engine(driver)
+    singles = []
+    for lr in lrs:
+        train = engine.put(data)
+        replicated = engine.replicate(with_learning_rate(state, lr))
+        for epoch in (1, 2):
+            replicated, metrics = engine.train_epoch(replicated, train, epoch, order_rng=state.rng)
+        singles.append((engine.unreplicate(replicated), metrics["loss"]))
+
+    model = engine.task.model
+    sweep = Engine(engine.task, engine.tx, batch_size=32, driver=driver, configs=2)
+    stacked = sweep.stack([with_learning_rate(state, lr) for lr in lrs])
+    train = sweep.put(data)
+    replicated = sweep.replicate(stacked)
+    for epoch in (1, 2):
+        replicated, metrics = sweep.train_epoch(replicated, train, epoch, order_rng=state.rng)
+    both = sweep.unreplicate(replicated)
+    assert metrics["loss"].shape == (2,)
+    for k, (single, loss) in enumerate(singles):
+        assert metrics["loss"][k] == pytest.approx(loss, rel=1e-5)
+        for a, b in zip(jax.tree.leaves(both.params), jax.tree.leaves(single.params)):
+            np.testing.assert_allclose(a[k], b, atol=2e-6)
+    evals, outputs = sweep.evaluate(replicated, train, return_outputs=True)
+    assert evals["loss"].shape == (2,) and outputs.shape == (2, 72)
+    np.testing.assert_allclose(outputs[1], model.apply({"params": singles[1][0].params}, data["x"]), atol=1e-5)
+
+    # an inactive configuration does not change
+    frozen, _ = sweep.train_epoch(replicated, train, 3, order_rng=state.rng, active=[True, False])
+    frozen = sweep.unreplicate(frozen)
+    for a, b in zip(jax.tree.leaves(frozen), jax.tree.leaves(both)):
+        np.testing.assert_array_equal(a[1], b[1])
+    assert int(frozen.step[0]) == int(both.step[0]) + 3 and int(frozen.step[1]) == int(both.step[1])

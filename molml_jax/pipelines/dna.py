@@ -53,7 +53,7 @@ class DNAConfig:
     early_stopping_patience: int | None = None
     devices: int = 1
     driver: str = "auto"  # 'scan', 'loop' or 'auto' (the measured choice for the backend)
-    checkpoint_every: int = 1
+    checkpoint_every: int = 10  # epochs between checkpoints (see FitConfig)
     out: str = "runs/dna"
 
     # settings that may change when a run is resumed (the rest must match the stored run)
@@ -150,10 +150,12 @@ def _probabilities(logits: np.ndarray) -> np.ndarray:
     return 1.0 / (1.0 + np.exp(-logits.astype(np.float64)))
 
 
-def train_and_evaluate(config: DNAConfig, *, progress: bool = True) -> dict:
+def train_and_evaluate(config: DNAConfig, *, progress: bool = True, initial_params=None) -> dict:
     """Train (resuming if config.out holds a checkpoint), test, and write the run folder.
 
-    Returns the summary (also written to summary.json).
+    initial_params: start a new run from these parameters instead of the seed's (e.g. a torch
+    model's, from `molml_jax.interop.lstm_params_from_torch`). Returns the summary (also
+    written to summary.json).
     """
     run_dir = Path(config.out)
     data = load_data(config)  # bad input fails here, before anything is written
@@ -167,6 +169,9 @@ def train_and_evaluate(config: DNAConfig, *, progress: bool = True) -> dict:
     engine = Engine(task, tx, batch_size=config.batch_size, devices=config.devices, driver=config.driver)
     sample = tuple(v[:1] for k, v in data.arrays("train").items() if k in task.input_keys)
     state = create_train_state(model, tx, sample, config.seed)
+    if initial_params is not None:
+        params = jax.tree.map(lambda new, old: np.asarray(new, old.dtype), initial_params, state.params)
+        state = state.replace(params=params, opt_state=tx.init(params))
     train, val, test = (engine.put(data.arrays(part)) for part in ("train", "val", "test"))
     fit_config = FitConfig(
         epochs=config.epochs,

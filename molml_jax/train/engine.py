@@ -39,6 +39,18 @@ class DeviceData:
         self.n = n
 
 
+def shuffle_key(run_rng, epoch: int) -> jax.Array:
+    """The epoch's shuffle key (raw key data) from the run's key (TrainState.rng) and epoch."""
+    key = jax.random.fold_in(jax.random.fold_in(jax.random.wrap_key_data(run_rng), _SHUFFLE), epoch)
+    return jax.random.key_data(key)
+
+
+def epoch_order(run_rng, epoch: int, n: int) -> np.ndarray:
+    """The order in which an epoch visits n training examples (what both drivers use):
+    lets another framework replay exactly the same batches."""
+    return np.asarray(jax.random.permutation(jax.random.wrap_key_data(shuffle_key(run_rng, epoch)), n))
+
+
 def batch_plan(key, n: int, batch_size: int, n_devices: int, shuffle: bool):
     """Indices, weights and global positions of every batch of an epoch.
 
@@ -56,10 +68,16 @@ def batch_plan(key, n: int, batch_size: int, n_devices: int, shuffle: bool):
 
 
 class Engine:
-    """Compiled train/eval functions for one task, optimizer, batch size and device count."""
+    """Compiled train/eval functions for one task, optimizer, batch size and device count.
+
+    configs=K trains K configurations at once (a sweep): every leaf of the state has a
+    leading axis K (after the device axis), the step is vmapped over it, and all K see the
+    same batches. `active` (K,) bool freezes configurations that stopped early.
+    """
 
     def __init__(self, task: Task, tx: optax.GradientTransformation, *, batch_size: int,
-                 devices: int = 1, driver: str = "auto", eval_batch_size: int | None = None):
+                 devices: int = 1, driver: str = "auto", eval_batch_size: int | None = None,
+                 configs: int | None = None):
         available = jax.local_device_count()
         if devices < 1 or devices > available:
             raise ValueError(
@@ -73,14 +91,15 @@ class Engine:
         self.batch_size = batch_size
         self.eval_batch_size = eval_batch_size or batch_size
         self.n_devices = devices
+        self.configs = configs
         self.devices = jax.local_devices()[:devices]
         backend = jax.default_backend()
         self.driver = task.driver_for(backend) if driver == "auto" else driver
         if self.driver not in ("scan", "loop"):
             raise ValueError(f"driver must be 'scan', 'loop' or 'auto', not {driver!r}")
         pmap = lambda f, in_axes: jax.pmap(f, axis_name=AXIS, in_axes=in_axes, devices=self.devices)
-        self._epoch = pmap(self._scan_epoch, (0, 0, None))
-        self._step = pmap(self._indexed_step, (0, 0, 0, 0, 0))
+        self._epoch = pmap(self._scan_epoch, (0, 0, None, None))
+        self._step = pmap(self._indexed_step, (0, 0, 0, 0, 0, None))
         self._eval = pmap(self._eval_step, (0, 0, 0, 0))
         self._plan = jax.jit(batch_plan, static_argnums=(1, 2, 3, 4))
         self._identity = jax.pmap(lambda tree: tree, axis_name=AXIS, devices=self.devices)
@@ -102,6 +121,10 @@ class Engine:
         # types of the step's outputs, and the epoch compiles once, not twice.
         stacked = jax.tree.map(lambda x: np.stack([np.asarray(x)] * self.n_devices), tree)
         return self._identity(stacked)
+
+    def stack(self, states: list[TrainState]) -> TrainState:
+        """K host states -> one host state with a leading config axis (for configs=K)."""
+        return jax.tree.map(lambda *xs: np.stack([np.asarray(x) for x in xs]), *states)
 
     @staticmethod
     def unreplicate(state: TrainState) -> TrainState:
@@ -160,10 +183,18 @@ class Engine:
         batch["_weight"], batch["_position"] = weight, position
         return batch
 
-    def _indexed_step(self, state, data, index, weight, position):
-        return self._train_step(state, self._gather(data, index, weight, position))
+    def _configs_step(self, state, batch, active):
+        """The step for one configuration, or vmapped over K of them (frozen where not active)."""
+        if self.configs is None:
+            return self._train_step(state, batch)
+        new, sums = jax.vmap(self._train_step, in_axes=(0, None))(state, batch)
+        keep = lambda n, o: jnp.where(active.reshape((-1,) + (1,) * (n.ndim - 1)), n, o)
+        return jax.tree.map(keep, new, state), sums
 
-    def _scan_epoch(self, state, data, key_data):
+    def _indexed_step(self, state, data, index, weight, position, active):
+        return self._configs_step(state, self._gather(data, index, weight, position), active)
+
+    def _scan_epoch(self, state, data, key_data, active):
         n = next(iter(data.values())).shape[0]
         index, weight, position = batch_plan(
             jax.random.wrap_key_data(key_data), n, self.batch_size, self.n_devices, True)
@@ -171,35 +202,42 @@ class Engine:
         plan = (index[:, me], weight[:, me], position[:, me])
 
         def body(state, batch_plan_row):
-            return self._train_step(state, self._gather(data, *batch_plan_row))
+            return self._configs_step(state, self._gather(data, *batch_plan_row), active)
 
         state, sums = jax.lax.scan(body, state, plan)
         return state, jax.tree.map(lambda s: s.sum(0), sums)
 
     def _eval_step(self, state, data, index, weight):
         batch = self._gather(data, index, weight, jnp.zeros_like(index))
-        out, _ = self._apply(state.params, state.batch_stats, batch, train=False)
-        loss = self.task.loss(out, batch)
-        return self._metric_sums(out, batch, loss), out
+
+        def one(state):
+            out, _ = self._apply(state.params, state.batch_stats, batch, train=False)
+            return self._metric_sums(out, batch, self.task.loss(out, batch)), out
+
+        return one(state) if self.configs is None else jax.vmap(one)(state)
 
     # ----- epochs ----------------------------------------------------------------------
-    def shuffle_key(self, state_rng, epoch: int) -> jax.Array:
-        """The epoch's shuffle key (raw key data), from the run's key and the epoch number."""
-        key = jax.random.fold_in(jax.random.fold_in(jax.random.wrap_key_data(state_rng), _SHUFFLE), epoch)
-        return jax.random.key_data(key)
+    def train_epoch(self, state: TrainState, data: DeviceData, epoch: int, *, order_rng=None,
+                    active=None) -> tuple[TrainState, dict]:
+        """One pass over `data` in a fresh order; returns the state and mean metrics.
 
-    def train_epoch(self, state: TrainState, data: DeviceData, epoch: int) -> tuple[TrainState, dict]:
-        """One pass over `data` in a fresh order; returns the state and mean metrics."""
-        key_data = self.shuffle_key(np.asarray(state.rng[0]), epoch)
+        The order comes from (order_rng or the state's rng, epoch). With configs=K, metrics
+        are (K,) arrays and `active` (K,) bool (default all) selects who trains.
+        """
+        if order_rng is None:
+            order_rng = np.asarray(state.rng[0] if self.configs is None else state.rng[0, 0])
+        key_data = shuffle_key(np.asarray(order_rng), epoch)
+        if self.configs is not None:
+            active = np.ones(self.configs, bool) if active is None else np.asarray(active, bool)
         if self.driver == "scan":
-            state, sums = self._epoch(state, data.arrays, key_data)
+            state, sums = self._epoch(state, data.arrays, key_data, active)
         else:
             plan = self._plan(jax.random.wrap_key_data(key_data), data.n, self.batch_size,
                               self.n_devices, True)
             index, weight, position = (np.asarray(p) for p in plan)
             sums = []
             for b in range(index.shape[0]):
-                state, batch_sums = self._step(state, data.arrays, index[b], weight[b], position[b])
+                state, batch_sums = self._step(state, data.arrays, index[b], weight[b], position[b], active)
                 sums.append(batch_sums)
         return state, _means(sums)
 
@@ -216,14 +254,21 @@ class Engine:
         metrics = _means(sums)
         if not return_outputs:
             return metrics
-        # (batches, D, b, ...) -> (batches * D * b, ...) in data order, then drop padding
-        stacked = np.concatenate([np.asarray(o).reshape((-1,) + o.shape[2:]) for o in outputs])
-        return metrics, stacked[: data.n]
+        # (batches, D, b, ...) -> (batches * D * b, ...) in data order, then drop padding;
+        # with configs: (D, K, b, ...) per batch -> (K, N, ...)
+        if self.configs is None:
+            stacked = np.concatenate([np.asarray(o).reshape((-1,) + o.shape[2:]) for o in outputs])
+            return metrics, stacked[: data.n]
+        per_batch = [np.moveaxis(np.asarray(o), 1, 0) for o in outputs]
+        stacked = np.concatenate([o.reshape((o.shape[0], -1) + o.shape[3:]) for o in per_batch], axis=1)
+        return metrics, stacked[:, : data.n]
 
 
-def _means(sums: Any) -> dict[str, float]:
-    """Per-batch (or per-epoch) device sums -> means over real examples (host floats)."""
+def _means(sums: Any) -> dict:
+    """Per-batch (or per-epoch) device sums -> means over real examples: host floats, or
+    (K,) float64 arrays when training K configurations."""
     batches = sums if isinstance(sums, list) else [sums]
-    host = {k: math.fsum(float(np.asarray(b[k])[0]) for b in batches) for k in batches[0]}
+    host = {k: np.sum([np.asarray(b[k], np.float64)[0] for b in batches], axis=0) for k in batches[0]}
     count = host.pop("count")
-    return {k: v / count for k, v in host.items()}
+    means = {k: v / count for k, v in host.items()}
+    return {k: float(v) if np.ndim(v) == 0 else v for k, v in means.items()}

@@ -28,11 +28,17 @@ class TrainState(flax.struct.PyTreeNode):
         return jax.random.wrap_key_data(self.rng)
 
 
+def seed_keys(seed: int) -> tuple[jax.Array, jax.Array]:
+    """(init key, run key) from a seed; TrainState.rng is the run key's data."""
+    init_key, run_key = jax.random.split(jax.random.key(seed))
+    return init_key, run_key
+
+
 def create_train_state(
     model: nn.Module, tx: optax.GradientTransformation, sample_inputs: tuple, seed: int
 ) -> TrainState:
     """Initialise parameters from `seed` (host arrays, one copy: the engine replicates)."""
-    init_key, train_key = jax.random.split(jax.random.key(seed))
+    init_key, train_key = seed_keys(seed)
     variables = jax.jit(lambda k: model.init(k, *sample_inputs, train=False))(init_key)
     params = variables["params"]
     batch_stats = variables.get("batch_stats", {})

@@ -1,0 +1,301 @@
+"""The PyTorch reference of the TF-binding learning-rate study: a residual 1-D CNN that
+predicts a binding score for every base of a 300 bp window.
+
+    python -m benchmarks.torch_tf_binding --epochs 2 --n 512 --lr 1e-3
+
+The model is the study's code (`seeds/tf_binding_lr_sweep.md`) unchanged, with one
+extension: `length` (default 300, the study's hard-coded value) sets the LayerNorm shape so
+that tests can build smaller models. ResidualBlock: conv (no bias), LayerNorm([C, L]), ReLU,
+dropout, conv (no bias), LayerNorm([C, L]), add the identity, ReLU. BindingPredictorCNN:
+conv 4 -> C (no bias), LayerNorm([C, L]), ReLU, the blocks, a 1x1 conv C -> 1 with bias,
+squeeze -> (B, L). Initialisation as the study: kaiming_normal_(mode='fan_out',
+nonlinearity='relu') for every conv with C outputs (and the initial one), xavier_uniform_
+for the final 1x1 conv, biases 0, LayerNorm weight 1 and bias 0 (torch's default).
+
+Training as the study: AdamW (weight decay 1e-5), MSE, batch 64, early stopping on the
+validation loss (patience 10) with the best weights restored, Pearson R over all validation
+bases. The torch model is channels-first: inputs (N, L, 4) are transposed to (N, 4, L).
+The real data come from `molml_jax.data.tf_binding`; `__main__` runs on random data.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import statistics
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, Dataset
+
+LENGTH = 300  # the study's window length, hard-coded in its LayerNorm shapes
+
+
+class TFBindingDataset(Dataset):
+    """One-hot windows x (N, L, 4) and per-base scores y (N, L), float32.
+
+    Items are (x (4, L) channels-first, as the torch model takes them, y (L,)).
+    """
+
+    def __init__(self, x: np.ndarray, y: np.ndarray):
+        x = np.asarray(x, np.float32)
+        y = np.asarray(y, np.float32)
+        if x.ndim != 3 or x.shape[-1] != 4:
+            raise ValueError(f"x must be (N, L, 4) one-hot, got shape {x.shape}")
+        if y.shape != x.shape[:2]:
+            raise ValueError(f"y must be (N, L) = {x.shape[:2]}, got shape {y.shape}")
+        self.x = torch.from_numpy(np.ascontiguousarray(x.transpose(0, 2, 1)))
+        self.y = torch.from_numpy(np.ascontiguousarray(y))
+
+    def __len__(self) -> int:
+        return len(self.y)
+
+    def __getitem__(self, index):
+        return self.x[index], self.y[index]
+
+
+class ResidualBlock(nn.Module):
+    """Residual Block with LayerNorm."""
+
+    def __init__(self, num_channels, kernel_size, dropout_rate, length: int = LENGTH):
+        super().__init__()
+        self.conv1 = nn.Conv1d(num_channels, num_channels, kernel_size,
+                               stride=1, padding=kernel_size // 2, bias=False)
+        self.norm1 = nn.LayerNorm([num_channels, length])  # Normalize across channels and length
+        self.relu1 = nn.ReLU()
+        self.dropout = nn.Dropout(dropout_rate)
+        self.conv2 = nn.Conv1d(num_channels, num_channels, kernel_size,
+                               stride=1, padding=kernel_size // 2, bias=False)
+        self.norm2 = nn.LayerNorm([num_channels, length])
+        self.relu2 = nn.ReLU()
+
+        # Initialize weights
+        self._initialize_weights()
+
+    def _initialize_weights(self):
+        for m in self.modules():
+            if isinstance(m, nn.Conv1d):
+                nn.init.kaiming_normal_(m.weight, mode='fan_out', nonlinearity='relu')
+
+    def forward(self, x):
+        identity = x
+        out = self.conv1(x)
+        out = self.norm1(out)
+        out = self.relu1(out)
+        out = self.dropout(out)
+        out = self.conv2(out)
+        out = self.norm2(out)
+        out += identity
+        out = self.relu2(out)
+        return out
+
+
+class BindingPredictorCNN(nn.Module):
+    """forward(x (B, 4, L) one-hot, channels-first) -> scores (B, L)."""
+
+    def __init__(self, num_channels=32, num_blocks=3, kernel_size=3, dropout_rate=0.2,
+                 length: int = LENGTH):
+        super().__init__()
+        self.initial_conv = nn.Conv1d(4, num_channels, kernel_size,
+                                      stride=1, padding=kernel_size // 2, bias=False)
+        # Assuming input sequence length is 300, adjust if different
+        self.initial_norm = nn.LayerNorm([num_channels, length])
+        self.initial_relu = nn.ReLU()
+
+        self.res_blocks = nn.Sequential(
+            *[ResidualBlock(num_channels, kernel_size, dropout_rate, length) for _ in range(num_blocks)]
+        )
+
+        self.final_conv = nn.Conv1d(num_channels, 1, kernel_size=1, stride=1, padding=0, bias=True)
+
+        # Initialize weights
+        self._initialize_weights()
+
+    def _initialize_weights(self):
+        for m in self.modules():
+            if isinstance(m, nn.Conv1d):
+                # He init for initial/block convs
+                if m.out_channels == self.initial_conv.out_channels or m.in_channels == 4:
+                    nn.init.kaiming_normal_(m.weight, mode='fan_out', nonlinearity='relu')
+                # Default init might be okay for final 1x1 conv, or use Xavier
+                elif m.out_channels == 1:
+                    nn.init.xavier_uniform_(m.weight)
+                if m.bias is not None:
+                    nn.init.constant_(m.bias, 0)
+
+    def forward(self, x):
+        x = self.initial_conv(x)
+        x = self.initial_norm(x)
+        x = self.initial_relu(x)
+        x = self.res_blocks(x)
+        x = self.final_conv(x)
+        x = x.squeeze(1)  # Remove channel dimension -> (Batch, L)
+        return x
+
+
+def pearson_r(predictions, targets) -> float:
+    """Pearson R over all finite pairs of the flattened arrays (numpy, float64), as the
+    study's calculate_pearsonr (scipy.stats.pearsonr): 0.0 for fewer than 2 pairs or an
+    undefined (constant-input) correlation."""
+    p = np.asarray(predictions, np.float64).ravel()
+    t = np.asarray(targets, np.float64).ravel()
+    valid = np.isfinite(p) & np.isfinite(t)
+    p, t = p[valid], t[valid]
+    if p.size < 2:
+        return 0.0
+    p = p - p.mean()
+    t = t - t.mean()
+    denominator = np.sqrt(np.dot(p, p) * np.dot(t, t))
+    if denominator == 0.0:
+        return 0.0
+    r = float(np.dot(p, t) / denominator)
+    return float(np.clip(r, -1.0, 1.0)) if np.isfinite(r) else 0.0
+
+
+def train_epoch(model, loader, optimizer) -> float:
+    """One epoch of updates; the mean of the batch losses."""
+    model.train()
+    losses = []
+    for x, y in loader:
+        optimizer.zero_grad()
+        loss = nn.functional.mse_loss(model(x), y)
+        loss.backward()
+        optimizer.step()
+        losses.append(loss.item())
+    return float(np.mean(losses))
+
+
+def validate(model, loader) -> tuple[float, float]:
+    """(MSE over all validation bases, Pearson R over all validation bases)."""
+    model.eval()
+    predictions, targets = [], []
+    with torch.no_grad():
+        for x, y in loader:
+            predictions.append(model(x).numpy())
+            targets.append(y.numpy())
+    p, t = np.concatenate(predictions), np.concatenate(targets)
+    val_loss = float(np.mean((p.astype(np.float64) - t) ** 2))
+    return val_loss, pearson_r(p, t)
+
+
+def run_torch_reference(x: np.ndarray, y: np.ndarray, train_idx, val_idx, lr: float, epochs: int,
+                        batch_size: int = 64, weight_decay: float = 1e-5, patience: int = 10,
+                        seed: int = 0, threads: int | None = None, initial_state_dict=None,
+                        num_channels: int = 32, num_blocks: int = 3, kernel_size: int = 3,
+                        dropout_rate: float = 0.2) -> dict:
+    """Train the study's model on x (N, L, 4) float32 one-hot and y (N, L) float32 scores.
+
+    Training windows x[train_idx] in shuffled batches (torch generator seeded with `seed`),
+    validation on x[val_idx] after each epoch; stops after `patience` epochs without a lower
+    validation loss, and restores the weights of the best epoch.
+
+    Returns {'history': [{'epoch', 'train_loss' (mean of the batch losses), 'val_loss' (MSE
+    over all validation bases), 'val_pearson', 'epoch_seconds' (train + validation wall
+    time)}, ...], 'best_epoch', 'best_val_loss', 'best_val_pearson', 'stopped_early',
+    'median_epoch_seconds' (epochs after the first), 'threads', 'torch_version', 'n_train',
+    'n_val', 'model' (the BindingPredictorCNN with the best epoch's weights, eval mode)}.
+    """
+    if epochs < 1:
+        raise ValueError(f"epochs must be at least 1, got {epochs}")
+    x = np.asarray(x, np.float32)
+    y = np.asarray(y, np.float32)
+    train_idx, val_idx = np.asarray(train_idx), np.asarray(val_idx)
+    if len(train_idx) == 0 or len(val_idx) == 0:
+        raise ValueError("train_idx and val_idx must both be non-empty")
+    previous_threads = torch.get_num_threads()
+    if threads is not None:
+        torch.set_num_threads(threads)
+    try:
+        train_set = TFBindingDataset(x[train_idx], y[train_idx])
+        val_set = TFBindingDataset(x[val_idx], y[val_idx])
+        generator = torch.Generator().manual_seed(seed)
+        train_loader = DataLoader(train_set, batch_size=batch_size, shuffle=True, generator=generator)
+        val_loader = DataLoader(val_set, batch_size=batch_size)
+
+        torch.manual_seed(seed)
+        model = BindingPredictorCNN(num_channels, num_blocks, kernel_size, dropout_rate, length=x.shape[1])
+        if initial_state_dict is not None:
+            model.load_state_dict(initial_state_dict)
+        optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)
+
+        history, best_val, best_pearson, best_epoch = [], float("inf"), 0.0, 0
+        best_weights, stale = copy.deepcopy(model.state_dict()), 0
+        for epoch in range(1, epochs + 1):
+            began = time.perf_counter()
+            train_loss = train_epoch(model, train_loader, optimizer)
+            val_loss, val_pearson = validate(model, val_loader)
+            seconds = time.perf_counter() - began
+            history.append({"epoch": epoch, "train_loss": train_loss, "val_loss": val_loss,
+                            "val_pearson": val_pearson, "epoch_seconds": seconds})
+            if val_loss < best_val:
+                best_val, best_pearson, best_epoch, stale = val_loss, val_pearson, epoch, 0
+                best_weights = copy.deepcopy(model.state_dict())
+            else:
+                stale += 1
+                if stale >= patience:
+                    break
+        model.load_state_dict(best_weights)
+        model.eval()
+        times = [row["epoch_seconds"] for row in history[1:]] or [history[0]["epoch_seconds"]]
+        return {
+            "history": history,
+            "best_epoch": best_epoch,
+            "best_val_loss": best_val,
+            "best_val_pearson": best_pearson,
+            "stopped_early": len(history) < epochs,
+            "median_epoch_seconds": statistics.median(times),
+            "threads": torch.get_num_threads(),
+            "torch_version": torch.__version__,
+            "n_train": len(train_set),
+            "n_val": len(val_set),
+            "model": model,
+        }
+    finally:
+        torch.set_num_threads(previous_threads)
+
+
+def random_data(n: int, length: int = LENGTH, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Random one-hot windows (n, length, 4) and a learnable per-base score (n, length): the
+    count of G/C within 5 bases, scaled, plus a little noise. For smoke runs only."""
+    rng = np.random.default_rng(seed)
+    x = np.eye(4, dtype=np.float32)[rng.integers(0, 4, size=(n, length))]
+    gc = x[:, :, 1] + x[:, :, 2]
+    y = np.stack([np.convolve(row, np.ones(11, np.float32), mode="same") for row in gc]) / 5.0
+    y = y + 0.05 * rng.standard_normal(y.shape)
+    return x, y.astype(np.float32)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.torch_tf_binding", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--epochs", type=int, default=2)
+    parser.add_argument("--n", type=int, default=512, help="number of random windows")
+    parser.add_argument("--length", type=int, default=LENGTH)
+    parser.add_argument("--lr", type=float, default=1e-3)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
+    parser.add_argument("--out", help="write the results (without the model) to this JSON file")
+    args = parser.parse_args(argv)
+    x, y = random_data(args.n, args.length, args.seed)
+    order = np.random.default_rng(args.seed).permutation(args.n)
+    n_val = max(1, int(round(0.2 * args.n)))
+    result = run_torch_reference(x, y, order[n_val:], order[:n_val], lr=args.lr, epochs=args.epochs,
+                                 seed=args.seed, threads=args.threads)
+    result.pop("model")
+    if args.out:
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
+    for row in result["history"]:
+        print(f"epoch {row['epoch']}: train loss {row['train_loss']:.4f}, validation loss "
+              f"{row['val_loss']:.4f}, Pearson R {row['val_pearson']:.4f} ({row['epoch_seconds']:.2f} s)")
+    print(f"best epoch {result['best_epoch']}: validation loss {result['best_val_loss']:.4f}, Pearson R "
+          f"{result['best_val_pearson']:.4f}; median epoch {result['median_epoch_seconds']:.2f} s on "
+          f"{result['threads']} thread(s)")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,561 @@
+"""TF-binding profiles: the course's two-file format, and a simulator that writes the same files.
+
+File format (as the course's `chr22_sequences.txt.gz` / `chr22_scores.txt.gz`)
+------------------------------------------------------------------------------
+- sequences: tab-separated, gzip when the name ends in `.gz`, header `window_name  sequence`,
+  one row per window (300 bp in the course).
+- scores: tab-separated, gzip when the name ends in `.gz`, one column per window named by its
+  `window_name`, one row per base, no index column. A leading integer index column (as
+  pandas writes with `index=True`) is recognised and dropped. Scores are matched to
+  sequences by window name, never by column order.
+
+Simulated data (the course's files are not public)
+--------------------------------------------------
+`simulate_tf_binding` writes windows named `chr22sim:{start}-{end}` (0-based, end-exclusive,
+tiled along a fictitious chromosome). Background DNA is a first-order Markov chain with the
+human genome's base composition (A 0.295, C 0.205, G 0.205, T 0.295) and its CpG depletion:
+the CpG dinucleotide is drawn at 25% of its expected frequency and the missing mass goes to
+CpA and TpG, the products of methyl-cytosine deamination, so the composition and strand
+symmetry are unchanged. This matters because several real motifs (SP1's GC box, NRF1)
+contain CpG: an i.i.d. background would give them about four times too many chance matches.
+Into each window go a Poisson number (mean 1.5; about 22% of windows get none) of
+non-overlapping instances of real JASPAR 2024 matrices bundled with the package (CTCF
+MA0139.1, SP1, CEBPB, GATA1, FOXA1, REST, YY1, NRF1), each base drawn from the motif's
+position frequency matrix and the whole instance reverse-complemented for the minus strand.
+
+The per-base score is then computed from the sequence alone, like a Homer motif scan: every
+motif is turned into a log-odds matrix (natural log of the frequency, with a 1% pseudocount,
+over the background composition) and slid along both strands of the whole window. A start
+position is a match where the better strand's score reaches the motif's threshold: the score
+that background DNA reaches with probability 1e-5 per position and strand (exact, from the
+score distribution of the matrix), capped at 80% of the motif's maximum score because short
+motifs (GATA1, FOXA1, YY1) cannot reach 1e-5 at all. Each base gets the largest score of
+any match that covers it (over motifs and strands) and 0 elsewhere. Weak planted instances
+therefore score 0, and chance matches in background DNA score like real ones, as they would
+in Homer output; the planted sites are returned for tests and documentation only and are
+never written into the files.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import gzip
+import importlib.resources
+import io
+import json
+import math
+import os
+import zlib
+from pathlib import Path
+from typing import NamedTuple, Sequence
+
+import numpy as np
+import pandas as pd
+
+from molml_jax.data.dna import BASES, one_hot
+from molml_jax.errors import InputError
+
+# Human genome base composition (A, C, G, T), roughly 41% GC.
+HUMAN_BACKGROUND = np.array([0.295, 0.205, 0.205, 0.295])
+SEQ_COLUMNS = ("window_name", "sequence")
+MOTIFS_FILE = "jaspar_motifs.json"
+_READ_ERRORS = (pd.errors.ParserError, UnicodeDecodeError, gzip.BadGzipFile, EOFError, zlib.error, OSError)
+
+
+# ----------------------------------------------------------------------------- motifs
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class Motif:
+    """A position count matrix.
+
+    counts: float64 (W, 4), one row per motif position 5'->3', columns A, C, G, T.
+    """
+
+    id: str
+    name: str
+    counts: np.ndarray
+    source: str = "custom"
+
+    @property
+    def width(self) -> int:
+        return int(self.counts.shape[0])
+
+    @property
+    def frequencies(self) -> np.ndarray:
+        """float64 (W, 4), each row sums to 1 (JASPAR rows need not have equal counts)."""
+        return self.counts / self.counts.sum(axis=1, keepdims=True)
+
+
+def _motifs_path() -> Path:
+    return Path(str(importlib.resources.files("molml_jax.data") / "bundled" / MOTIFS_FILE))
+
+
+@functools.lru_cache(maxsize=1)
+def _bundled_motifs() -> tuple[Motif, ...]:
+    doc = json.loads(_motifs_path().read_text())
+    return tuple(
+        Motif(m["id"], m["name"], np.asarray(m["counts"], dtype=np.float64), m["source"])
+        for m in doc["motifs"]
+    )
+
+
+def load_motifs(ids: Sequence[str] | None = None) -> list[Motif]:
+    """Bundled JASPAR 2024 matrices (see `jaspar_motifs.json`), all of them or those asked for.
+
+    Each of `ids` may be a full matrix ID ("MA0139.1"), an ID without version ("MA0139")
+    or a TF name ("CTCF", any case). Other JASPAR matrices: build a `Motif` from pyjaspar's
+    counts (`pip install pyjaspar`; not a dependency of this package).
+    """
+    motifs = _bundled_motifs()
+    if ids is None:
+        return list(motifs)
+    if isinstance(ids, str):
+        ids = [ids]
+    chosen = []
+    for wanted in ids:
+        key = str(wanted).strip()
+        hits = [
+            m for m in motifs
+            if key == m.id or key == m.id.split(".")[0] or key.upper() == m.name.upper()
+        ]
+        if not hits:
+            have = ", ".join(f"{m.id} {m.name}" for m in motifs)
+            raise InputError(
+                f"{MOTIFS_FILE}: no bundled motif '{key}' (bundled: {have}); for other JASPAR "
+                f"matrices build a Motif from pyjaspar's counts"
+            )
+        chosen.append(hits[0])
+    return chosen
+
+
+def _as_motifs(motifs: Sequence[str | Motif] | None) -> list[Motif]:
+    if motifs is None:
+        return load_motifs()
+    if isinstance(motifs, (str, Motif)):
+        motifs = [motifs]
+    out = [m if isinstance(m, Motif) else load_motifs([m])[0] for m in motifs]
+    if not out:
+        raise InputError("motifs: empty list; pass None for all bundled motifs")
+    for m in out:
+        c = np.asarray(m.counts)
+        if c.ndim != 2 or c.shape[1] != 4 or c.shape[0] == 0 or (c < 0).any() or (c.sum(1) <= 0).any():
+            raise InputError(f"motif {m.id}: counts must be (W, 4) non-negative with positive rows")
+    return out
+
+
+def log_odds(motif: Motif, background: np.ndarray = HUMAN_BACKGROUND, pseudocount: float = 0.01) -> np.ndarray:
+    """Log-odds matrix float64 (W, 4), natural log, of the motif over `background`.
+
+    Frequencies get `pseudocount` (relative to the site count) spread by the background, so
+    a base never seen at a position costs a finite penalty (about ln(0.01) there).
+    """
+    freq = (motif.frequencies + pseudocount * background) / (1.0 + pseudocount)
+    return np.log(freq / background)
+
+
+def score_threshold(
+    lo: np.ndarray,
+    background: np.ndarray = HUMAN_BACKGROUND,
+    max_pvalue: float = 1e-5,
+    max_fraction: float = 0.8,
+    step: float = 0.01,
+) -> float:
+    """The match threshold of a log-odds matrix `lo` (W, 4).
+
+    The smallest score that i.i.d. `background` DNA reaches with probability <= `max_pvalue`
+    at one position on one strand, computed exactly on a `step` grid by convolving the
+    per-position score distributions; capped at `max_fraction` of the maximum score, since
+    for short motifs even the best-scoring word is more frequent than `max_pvalue`.
+    """
+    q = np.round(lo / step).astype(np.int64)
+    dist = np.ones(1)
+    low = 0
+    for row in q:
+        base = int(row.min())
+        new = np.zeros(dist.size + int(row.max()) - base)
+        for b in range(4):
+            at = int(row[b]) - base
+            new[at : at + dist.size] += background[b] * dist
+        dist, low = new, low + base
+    survival = np.cumsum(dist[::-1])[::-1]  # P(score >= grid value)
+    ok = np.flatnonzero(survival <= max_pvalue)
+    maximum = float(lo.max(axis=1).sum())
+    by_pvalue = (low + ok[0]) * step if ok.size else math.inf
+    return float(min(by_pvalue, max_fraction * maximum))
+
+
+def _codes(sequences: Sequence[str]) -> np.ndarray:
+    """uint8 (N, L) codes 0..3 for A, C, G, T and 4 for N/ambiguous (equal lengths)."""
+    x, _ = one_hot(sequences)
+    return np.where(x.any(axis=-1), x.argmax(axis=-1), 4).astype(np.uint8)
+
+
+def scan_motifs(
+    sequences: Sequence[str],
+    motifs: Sequence[str | Motif] | None = None,
+    *,
+    background: np.ndarray = HUMAN_BACKGROUND,
+    pseudocount: float = 0.01,
+    max_pvalue: float = 1e-5,
+    max_fraction: float = 0.8,
+) -> np.ndarray:
+    """Homer-style per-base motif scores of equal-length DNA sequences.
+
+    For each motif and start position, the log-odds score on the better strand; a start is
+    a match where it reaches `score_threshold`. Each base gets the largest score of the
+    matches covering it, 0 where none does. N and other ambiguity codes score as the worst
+    base at that motif position, so a match never rests on an unknown base.
+
+    Returns float32 (N, L).
+    """
+    background = np.asarray(background, dtype=np.float64)
+    codes = _codes(sequences)
+    n, length = codes.shape
+    out = np.zeros((n, length), dtype=np.float32)
+    for motif in _as_motifs(motifs):
+        lo = log_odds(motif, background, pseudocount)
+        w = lo.shape[0]
+        if w > length:
+            continue
+        threshold = score_threshold(lo, background, max_pvalue, max_fraction)
+        starts = length - w + 1
+        best = np.full((n, starts), -np.inf)
+        # minus strand: reverse-complement matrix scanned along the plus strand
+        for mat in (lo, lo[::-1, ::-1]):
+            mat5 = np.concatenate([mat, mat.min(axis=1, keepdims=True)], axis=1)
+            s = np.zeros((n, starts))
+            for j in range(w):
+                s += mat5[j][codes[:, j : j + starts]]
+            best = np.maximum(best, s)
+        hit = np.where(best >= threshold - 1e-9, best, 0.0).astype(np.float32)
+        for j in range(w):  # spread each match's score over the bases it covers
+            np.maximum(out[:, j : j + starts], hit, out=out[:, j : j + starts])
+    return out
+
+
+# ----------------------------------------------------------------------------- simulator
+
+
+class PlantedSite(NamedTuple):
+    """One planted motif instance: window index, motif ID, 0-based start, '+' or '-'."""
+
+    window: int
+    motif_id: str
+    start: int
+    strand: str
+
+
+def markov_background(cpg_ratio: float = 0.25, composition: np.ndarray = HUMAN_BACKGROUND) -> np.ndarray:
+    """First-order transition matrix float64 (4, 4), rows = previous base, A, C, G, T.
+
+    Dinucleotide frequencies start as p(x)p(y); CpG is scaled to `cpg_ratio` of that and the
+    removed mass d moves CG->CA and TA->TG (f[CA] += d, f[TG] += d, f[TA] -= d), which keeps
+    both marginals equal to `composition` (so it stays the stationary distribution) and
+    keeps the model reverse-complement symmetric.
+    """
+    p = np.asarray(composition, dtype=np.float64)
+    f = np.outer(p, p)
+    d = (1.0 - cpg_ratio) * p[1] * p[2]
+    f[1, 2] -= d
+    f[1, 0] += d
+    f[3, 2] += d
+    f[3, 0] -= d
+    return f / p[:, None]
+
+
+def simulate_tf_binding(
+    n_windows: int,
+    length: int = 300,
+    seed: int = 0,
+    motifs: Sequence[str | Motif] | None = None,
+    *,
+    mean_instances: float = 1.5,
+    cpg_ratio: float = 0.25,
+    pseudocount: float = 0.01,
+    max_pvalue: float = 1e-5,
+    max_fraction: float = 0.8,
+    chrom: str = "chr22sim",
+    first_start: int = 16_000_000,
+) -> tuple[list[str], list[str], np.ndarray, list[PlantedSite]]:
+    """Simulated windows in the course's format (see the module docstring).
+
+    motifs: None for all bundled JASPAR matrices, or IDs / names / `Motif` objects.
+    Returns (names, sequences, scores float32 (N, L), planted). `planted` lists every
+    instance put into the DNA (window index, motif ID, 0-based start, strand); scores come
+    from `scan_motifs` on the sequences alone, not from `planted`.
+    """
+    if n_windows < 1:
+        raise InputError(f"simulate_tf_binding: n_windows must be at least 1, got {n_windows}")
+    chosen = _as_motifs(motifs)
+    widest = max(m.width for m in chosen)
+    if length < widest:
+        raise InputError(f"simulate_tf_binding: length {length} is shorter than the widest motif ({widest} bp)")
+    rng = np.random.default_rng(seed)
+
+    # background: Markov chain, vectorised over windows, position by position
+    composition = HUMAN_BACKGROUND
+    cum_t = np.cumsum(markov_background(cpg_ratio, composition), axis=1)[:, :3]
+    codes = np.empty((n_windows, length), dtype=np.uint8)
+    u = rng.random((n_windows, length))
+    codes[:, 0] = (u[:, :1] > np.cumsum(composition)[:3]).sum(axis=1)
+    for i in range(1, length):
+        codes[:, i] = (u[:, i : i + 1] > cum_t[codes[:, i - 1]]).sum(axis=1)
+
+    # planted instances: Poisson count per window, non-overlapping, either strand
+    cum_f = [np.cumsum(m.frequencies, axis=1)[:, :3] for m in chosen]
+    counts = rng.poisson(mean_instances, size=n_windows)
+    planted: list[PlantedSite] = []
+    for w_i in range(n_windows):
+        taken = np.zeros(length, dtype=bool)
+        for _ in range(counts[w_i]):
+            k = int(rng.integers(len(chosen)))
+            width = chosen[k].width
+            for _attempt in range(20):
+                start = int(rng.integers(length - width + 1))
+                if not taken[start : start + width].any():
+                    break
+            else:
+                continue  # window too crowded; skip this instance
+            site = (rng.random((width, 1)) > cum_f[k]).sum(axis=1).astype(np.uint8)
+            strand = "+" if rng.random() < 0.5 else "-"
+            if strand == "-":
+                site = 3 - site[::-1]  # reverse complement (A<->T, C<->G in ACGT order)
+            codes[w_i, start : start + width] = site
+            taken[start : start + width] = True
+            planted.append(PlantedSite(w_i, chosen[k].id, start, strand))
+
+    letters = np.frombuffer(BASES.encode(), dtype=np.uint8)[codes]
+    sequences = [row.tobytes().decode() for row in letters]
+    names = [
+        f"{chrom}:{first_start + i * length}-{first_start + (i + 1) * length}" for i in range(n_windows)
+    ]
+    scores = scan_motifs(
+        sequences,
+        chosen,
+        background=composition,
+        pseudocount=pseudocount,
+        max_pvalue=max_pvalue,
+        max_fraction=max_fraction,
+    )
+    return names, sequences, scores, planted
+
+
+# ----------------------------------------------------------------------------- files
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class TFBindingData:
+    """Windows read from a sequences file and a scores file, in the sequences file's order.
+
+    x: float32 (N, L, 4) one-hot A, C, G, T (channels last, Flax layout).
+    y: float32 (N, L) per-base scores, matched to `names` by window name.
+    source: (sequences file, scores file).
+    """
+
+    names: list[str]
+    sequences: list[str]
+    x: np.ndarray
+    y: np.ndarray
+    source: tuple[str, str]
+
+    def __len__(self) -> int:
+        return len(self.names)
+
+
+def _opener(path: Path):
+    return gzip.open if path.name.endswith(".gz") else open
+
+
+def _check_file(path: Path, what: str) -> None:
+    if path.is_dir():
+        raise InputError(f"{path}: is a folder, expected the {what} file")
+    if not path.exists():
+        raise InputError(f"{path}: no such file ({what})")
+    if path.stat().st_size == 0:
+        raise InputError(f"{path}: file is empty ({what})")
+
+
+def _first_line(err: BaseException) -> str:
+    text = str(err).strip()
+    return text.splitlines()[0] if text else type(err).__name__
+
+
+def _few(items: Sequence[str], k: int = 3) -> str:
+    shown = ", ".join(f"'{s}'" for s in items[:k])
+    return shown + (f" and {len(items) - k} more" if len(items) > k else "")
+
+
+def _read_tsv(path: Path, **kwargs) -> pd.DataFrame:
+    compression = "gzip" if path.name.endswith(".gz") else None
+    try:
+        return pd.read_csv(path, sep="\t", compression=compression, **kwargs)
+    except pd.errors.EmptyDataError:
+        raise InputError(f"{path}: file is empty") from None
+    except _READ_ERRORS as err:
+        raise InputError(f"{path}: not a readable tab-separated file ({_first_line(err)})") from None
+
+
+def _header(path: Path) -> list[str]:
+    try:
+        with _opener(path)(path, "rt", encoding="utf-8-sig") as handle:
+            line = handle.readline()
+    except _READ_ERRORS as err:
+        raise InputError(f"{path}: not a readable tab-separated file ({_first_line(err)})") from None
+    if not line.strip():
+        raise InputError(f"{path}: file is empty (no header line)")
+    return [field.strip() for field in line.rstrip("\r\n").split("\t")]
+
+
+def _is_index(values: pd.Series, n_rows: int) -> bool:
+    """A column holding 0..n-1 (or 1..n): the row index pandas writes with index=True."""
+    numbers = pd.to_numeric(values, errors="coerce").to_numpy(dtype=np.float64)
+    if n_rows == 0 or not np.isfinite(numbers).all():
+        return False
+    return bool(np.array_equal(numbers, np.arange(n_rows)) or np.array_equal(numbers, np.arange(1, n_rows + 1)))
+
+
+def read_tf_binding(sequences_path: str | os.PathLike, scores_path: str | os.PathLike) -> TFBindingData:
+    """Read the course's sequences and scores files (see the module docstring).
+
+    Every problem is an `InputError` naming the file and the problem: missing or empty
+    files, missing columns, duplicate window names, windows without scores or scores
+    without windows, unequal sequence lengths, unknown bases, a number of score rows other
+    than the sequence length, and non-numeric, NaN or infinite scores.
+    """
+    seq_path, score_path = Path(sequences_path), Path(scores_path)
+    _check_file(seq_path, "sequences")
+    _check_file(score_path, "scores")
+
+    # --- sequences
+    frame = _read_tsv(seq_path, dtype=str, keep_default_na=False)
+    frame.columns = [str(c).strip() for c in frame.columns]
+    missing = [c for c in SEQ_COLUMNS if c not in frame.columns]
+    if missing:
+        raise InputError(
+            f"{seq_path}: no column {_few(missing)} (columns: {', '.join(map(str, frame.columns))}); "
+            f"expected tab-separated window_name and sequence"
+        )
+    if len(frame) == 0:
+        raise InputError(f"{seq_path}: no rows after the header")
+    names = [s.strip() for s in frame["window_name"].astype(str)]
+    sequences = [s.strip() for s in frame["sequence"].astype(str)]
+    if "" in names:
+        raise InputError(f"{seq_path}: line {names.index('') + 2}: empty window_name")
+    dup = pd.Series(names)[pd.Series(names).duplicated()].unique().tolist()
+    if dup:
+        raise InputError(f"{seq_path}: duplicate window names {_few(dup)}")
+    # names the window for unknown characters, empty or unequal-length sequences
+    x, lengths = one_hot(sequences, names=names, source=str(seq_path))
+    length = int(lengths[0])
+
+    # --- scores: header read by hand, since pandas renames duplicate columns ('w' -> 'w.1')
+    header = _header(score_path)
+    table = _read_tsv(score_path, header=0)
+    if table.shape[1] != len(header):
+        raise InputError(
+            f"{score_path}: the header has {len(header)} fields but rows have {table.shape[1]}"
+        )
+    dup = pd.Series(header)[pd.Series(header).duplicated()].unique().tolist()
+    if dup:
+        raise InputError(f"{score_path}: duplicate window columns {_few(dup)}")
+    table.columns = header
+    known = set(names)
+    if header[0] not in known and _is_index(table.iloc[:, 0], len(table)):
+        table = table.iloc[:, 1:]  # a leading row index, not a window
+    if table.shape[1] == 0 or len(table) == 0:
+        raise InputError(f"{score_path}: no score values (expected one column per window, one row per base)")
+    columns = list(table.columns)
+    no_scores = [n for n in names if n not in set(columns)]
+    if no_scores:
+        raise InputError(
+            f"{score_path}: no score column for {len(no_scores)} window(s) of {seq_path.name}: {_few(no_scores)}"
+        )
+    extra = [c for c in columns if c not in known]
+    if extra:
+        raise InputError(
+            f"{score_path}: score column(s) {_few(extra, 5)} have no sequence in {seq_path.name}"
+        )
+    if len(table) != length:
+        raise InputError(
+            f"{score_path}: {len(table)} rows (bases) but the sequences in {seq_path.name} are {length} bp"
+        )
+    table = table[names]
+    for name in names:  # non-numeric cells make a column 'object'; find the first one
+        column = table[name]
+        if not pd.api.types.is_numeric_dtype(column):
+            numbers = pd.to_numeric(column, errors="coerce")
+            bad = np.flatnonzero(numbers.isna().to_numpy() & column.notna().to_numpy())
+            if bad.size:
+                raise InputError(
+                    f"{score_path}: window '{name}', position {bad[0] + 1}: score "
+                    f"'{str(column.iloc[bad[0]])[:20]}' is not a number"
+                )
+            table[name] = numbers
+    y = table.to_numpy(dtype=np.float64).T  # (N, L) in sequence-file order
+    finite = np.isfinite(y)
+    if not finite.all():
+        row, pos = (int(v) for v in np.argwhere(~finite)[0])
+        kind = "missing or NaN" if np.isnan(y[row, pos]) else "infinite"
+        raise InputError(f"{score_path}: window '{names[row]}', position {pos + 1}: score is {kind}")
+    return TFBindingData(names, sequences, x, y.astype(np.float32), (str(seq_path), str(score_path)))
+
+
+def _open_write(path: Path):
+    if path.name.endswith(".gz"):
+        # mtime=0 and no file name in the header: the same data gives the same bytes
+        raw = gzip.GzipFile(filename="", mode="wb", fileobj=open(path, "wb"), mtime=0)
+        return _ClosingText(raw)
+    return open(path, "w", newline="")
+
+
+class _ClosingText(io.TextIOWrapper):
+    """Text wrapper that also closes the file under a GzipFile opened with fileobj."""
+
+    def __init__(self, raw: gzip.GzipFile):
+        super().__init__(raw, encoding="utf-8", newline="")
+        self._file = raw.fileobj
+
+    def close(self) -> None:
+        try:
+            super().close()
+        finally:
+            self._file.close()
+
+
+def write_tf_binding(
+    path_sequences: str | os.PathLike,
+    path_scores: str | os.PathLike,
+    names: Sequence[str],
+    sequences: Sequence[str],
+    scores: np.ndarray,
+) -> None:
+    """Write the two files `read_tf_binding` reads (gzip where a path ends in .gz).
+
+    names, sequences: N each; scores: (N, L) with L the sequence length. The scores file
+    gets one column per window, in `names` order, and no index column.
+    """
+    names, sequences = [str(n) for n in names], [str(s) for s in sequences]
+    scores = np.asarray(scores, dtype=np.float64)
+    if len(names) != len(sequences):
+        raise InputError(f"write_tf_binding: {len(names)} names but {len(sequences)} sequences")
+    if len(set(names)) != len(names):
+        raise InputError("write_tf_binding: window names must be unique")
+    if any(not n or any(c in n for c in "\t\r\n") for n in names):
+        raise InputError("write_tf_binding: window names must be non-empty without tabs or newlines")
+    lengths = {len(s) for s in sequences}
+    if len(lengths) != 1 or scores.shape != (len(names), lengths.pop()):
+        raise InputError(
+            f"write_tf_binding: scores have shape {scores.shape}; expected (windows, sequence length) "
+            f"with all sequences of one length"
+        )
+    seq_path, score_path = Path(path_sequences), Path(path_scores)
+    with _open_write(seq_path) as handle:
+        pd.DataFrame({"window_name": names, "sequence": sequences}).to_csv(
+            handle, sep="\t", index=False, lineterminator="\n"
+        )
+    with _open_write(score_path) as handle:
+        pd.DataFrame(scores.T, columns=names).to_csv(
+            handle, sep="\t", index=False, float_format="%.6g", lineterminator="\n"
+        )
