@@ -1,4 +1,5 @@
-"""Files -> numpy arrays (no JAX here): parsers, one-hot encoding, splits, bundled data."""
+"""Files -> numpy arrays: parsers, one-hot encoding, splits, bundled data. (On-device
+augmentation, which uses JAX, is `molml_jax.data.augment`.)"""
 
 from molml_jax.data.dna import (
     SequenceRecords,
@@ -8,7 +9,26 @@ from molml_jax.data.dna import (
     read_labeled_csv,
     read_sequences,
 )
+from molml_jax.data.images import (
+    ImagePairs,
+    crop_to,
+    default_cells_tarball,
+    pad_to_multiple,
+    read_image_pairs,
+    read_images_for_prediction,
+    write_mask_png,
+)
 from molml_jax.data.splits import split_indices
+from molml_jax.data.tf_binding import (
+    Motif,
+    PlantedSite,
+    TFBindingData,
+    load_motifs,
+    read_tf_binding,
+    scan_motifs,
+    simulate_tf_binding,
+    write_tf_binding,
+)
 
 __all__ = [
     "SequenceRecords",
@@ -18,4 +38,19 @@ __all__ = [
     "read_labeled_csv",
     "read_sequences",
     "split_indices",
+    "ImagePairs",
+    "crop_to",
+    "default_cells_tarball",
+    "pad_to_multiple",
+    "read_image_pairs",
+    "read_images_for_prediction",
+    "write_mask_png",
+    "Motif",
+    "PlantedSite",
+    "TFBindingData",
+    "load_motifs",
+    "read_tf_binding",
+    "scan_motifs",
+    "simulate_tf_binding",
+    "write_tf_binding",
 ]

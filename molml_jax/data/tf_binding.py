@@ -42,7 +42,6 @@ import dataclasses
 import functools
 import gzip
 import importlib.resources
-import io
 import json
 import math
 import os
@@ -434,7 +433,8 @@ def read_tf_binding(sequences_path: str | os.PathLike, scores_path: str | os.Pat
     missing = [c for c in SEQ_COLUMNS if c not in frame.columns]
     if missing:
         raise InputError(
-            f"{seq_path}: no column {_few(missing)} (columns: {', '.join(map(str, frame.columns))}); "
+            f"{seq_path}: no column{'s' if len(missing) > 1 else ''} {_few(missing)} "
+            f"(columns: {', '.join(map(str, frame.columns))}); "
             f"expected tab-separated window_name and sequence"
         )
     if len(frame) == 0:
@@ -470,7 +470,8 @@ def read_tf_binding(sequences_path: str | os.PathLike, scores_path: str | os.Pat
     no_scores = [n for n in names if n not in set(columns)]
     if no_scores:
         raise InputError(
-            f"{score_path}: no score column for {len(no_scores)} window(s) of {seq_path.name}: {_few(no_scores)}"
+            f"{score_path}: no score column for {len(no_scores)} window(s) of {seq_path.name}: "
+            f"{_few(no_scores)}"
         )
     extra = [c for c in columns if c not in known]
     if extra:
@@ -502,26 +503,11 @@ def read_tf_binding(sequences_path: str | os.PathLike, scores_path: str | os.Pat
     return TFBindingData(names, sequences, x, y.astype(np.float32), (str(seq_path), str(score_path)))
 
 
-def _open_write(path: Path):
+def _write_text(path: Path, text: str) -> None:
+    data = text.encode("utf-8")
     if path.name.endswith(".gz"):
-        # mtime=0 and no file name in the header: the same data gives the same bytes
-        raw = gzip.GzipFile(filename="", mode="wb", fileobj=open(path, "wb"), mtime=0)
-        return _ClosingText(raw)
-    return open(path, "w", newline="")
-
-
-class _ClosingText(io.TextIOWrapper):
-    """Text wrapper that also closes the file under a GzipFile opened with fileobj."""
-
-    def __init__(self, raw: gzip.GzipFile):
-        super().__init__(raw, encoding="utf-8", newline="")
-        self._file = raw.fileobj
-
-    def close(self) -> None:
-        try:
-            super().close()
-        finally:
-            self._file.close()
+        data = gzip.compress(data, mtime=0)  # mtime=0: the same data gives the same bytes
+    path.write_bytes(data)
 
 
 def write_tf_binding(
@@ -551,11 +537,7 @@ def write_tf_binding(
             f"with all sequences of one length"
         )
     seq_path, score_path = Path(path_sequences), Path(path_scores)
-    with _open_write(seq_path) as handle:
-        pd.DataFrame({"window_name": names, "sequence": sequences}).to_csv(
-            handle, sep="\t", index=False, lineterminator="\n"
-        )
-    with _open_write(score_path) as handle:
-        pd.DataFrame(scores.T, columns=names).to_csv(
-            handle, sep="\t", index=False, float_format="%.6g", lineterminator="\n"
-        )
+    table = pd.DataFrame({"window_name": names, "sequence": sequences})
+    _write_text(seq_path, table.to_csv(sep="\t", index=False, lineterminator="\n"))
+    table = pd.DataFrame(scores.T, columns=names)
+    _write_text(score_path, table.to_csv(sep="\t", index=False, float_format="%.6g", lineterminator="\n"))
