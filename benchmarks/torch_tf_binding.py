@@ -28,6 +28,8 @@ import time
 from pathlib import Path
 
 import numpy as np
+
+from experiments._cli import keep_freed_memory  # noqa: F401  (re-exported for --keep-freed-memory)
 import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
@@ -269,6 +271,126 @@ def random_data(n: int, length: int = LENGTH, seed: int = 0) -> tuple[np.ndarray
     return x, y.astype(np.float32)
 
 
+def step_times(batch_size: int = 64, length: int = LENGTH, rounds: int = 5, steps: int = 10,
+               torch_threads: int | None = 1, seed: int = 0) -> dict:
+    """Median time (ms) of one training step (forward, backward, AdamW update, dropout on)
+    of the torch model and of Flax variants on the same batch, in interleaved rounds.
+
+    Variants: 'flax_reference' (flax nn.Conv, nn.LayerNorm and nn.Dropout's Bernoulli draw),
+    'flax_model' (molml_jax.models.cnn: nn.Conv, a LayerNorm with a written-out backward
+    pass, Dropout16), 'flax_im2col' (the model with each k-wide conv as one (B*L, kC) @
+    (kC, C) matmul over shifted copies), 'torch'. JAX's threads are XLA's (set XLA_FLAGS before the run); torch's are
+    `torch_threads` (None: torch's default).
+    """
+    import flax.linen as fnn
+    import jax
+    import jax.numpy as jnp
+    import optax
+
+    from molml_jax.models.cnn import BindingPredictorCNN as FlaxCNN
+    from molml_jax.models.cnn import Dropout16, layer_norm_lc
+
+    previous_threads = torch.get_num_threads()
+    if torch_threads is not None:
+        torch.set_num_threads(torch_threads)
+    rng = np.random.default_rng(seed)
+    x = np.eye(4, dtype=np.float32)[rng.integers(0, 4, size=(batch_size, length))]
+    y = rng.standard_normal((batch_size, length)).astype(np.float32)
+    flax_model = FlaxCNN(length=length)
+    params = flax_model.init(jax.random.key(seed), x[:1])["params"]
+    tx = optax.adamw(1e-3, b1=0.9, b2=0.999, eps=1e-8, weight_decay=1e-5)
+    flax_ln = fnn.LayerNorm(epsilon=1e-5, reduction_axes=(-2, -1), feature_axes=(-2, -1), use_fast_variance=False)
+
+    def conv_lax(h, kernel):
+        pad = kernel.shape[0] // 2
+        return jax.lax.conv_general_dilated(h, kernel, (1,), [(pad, pad)], dimension_numbers=("NWC", "WIO", "NWC"))
+
+    def conv_im2col(h, kernel):
+        k, pad = kernel.shape[0], kernel.shape[0] // 2
+        padded = jnp.pad(h, ((0, 0), (pad, pad), (0, 0)))
+        columns = jnp.concatenate([padded[:, j:j + h.shape[1]] for j in range(k)], axis=-1)
+        return columns @ kernel.reshape(-1, kernel.shape[-1])
+
+    def norm_flax(h, p):
+        return flax_ln.apply({"params": p}, h)
+
+    def norm_custom(h, p):
+        return layer_norm_lc(h, p["scale"], p["bias"])
+
+    def dropout_flax(o, key):  # flax nn.Dropout: one 32-bit draw per element
+        keep = jax.random.bernoulli(key, 1.0 - flax_model.dropout_rate, o.shape)
+        return jnp.where(keep, o / (1.0 - flax_model.dropout_rate), 0.0)
+
+    def dropout_16(o, key):  # the model's Dropout16
+        return Dropout16(flax_model.dropout_rate).apply({}, o, False, rngs={"dropout": key})
+
+    def functional(conv, norm, dropout):
+        def apply(p, h, key):
+            h = jax.nn.relu(norm(conv(h, p["initial_conv"]["kernel"]), p["initial_norm"]))
+            for i, k in enumerate(jax.random.split(key, flax_model.num_blocks)):
+                q = p[f"block_{i}"]
+                o = dropout(jax.nn.relu(norm(conv(h, q["conv1"]["kernel"]), q["norm1"])), k)
+                h = jax.nn.relu(norm(conv(o, q["conv2"]["kernel"]), q["norm2"]) + h)
+            return conv_lax(h, p["final_conv"]["kernel"])[..., 0] + p["final_conv"]["bias"]
+        return apply
+
+    def model_apply(p, h, key):
+        return flax_model.apply({"params": p}, h, train=True, rngs={"dropout": key})
+
+    def jitted_step(apply):
+        @jax.jit
+        def step(p, opt_state, key, xb, yb):
+            loss, grads = jax.value_and_grad(lambda q: jnp.mean((apply(q, xb, key) - yb) ** 2))(p)
+            updates, opt_state = tx.update(grads, opt_state, p)
+            return optax.apply_updates(p, updates), opt_state, loss
+        return step
+
+    xj, yj = jnp.asarray(x), jnp.asarray(y)
+    runners = {}
+    for name, apply in (("flax_reference", functional(conv_lax, norm_flax, dropout_flax)),
+                        ("flax_model", model_apply),
+                        ("flax_im2col", functional(conv_im2col, norm_custom, dropout_16))):
+        step, state = jitted_step(apply), [params, tx.init(params), jax.random.key(seed + 1)]
+
+        def run(step=step, state=state):
+            state[2], key = jax.random.split(state[2])
+            state[0], state[1], loss = step(state[0], state[1], key, xj, yj)
+            loss.block_until_ready()
+        runners[name] = run
+
+    torch.manual_seed(seed)
+    reference = BindingPredictorCNN(length=length).train()
+    optimizer = torch.optim.AdamW(reference.parameters(), lr=1e-3, weight_decay=1e-5)
+    xt, yt = torch.from_numpy(np.ascontiguousarray(x.transpose(0, 2, 1))), torch.from_numpy(y)
+
+    def torch_step():
+        optimizer.zero_grad()
+        loss = nn.functional.mse_loss(reference(xt), yt)
+        loss.backward()
+        optimizer.step()
+        loss.item()
+    runners["torch"] = torch_step
+
+    try:
+        for run in runners.values():  # compile and warm up
+            for _ in range(3):
+                run()
+        samples: dict[str, list[float]] = {name: [] for name in runners}
+        for _ in range(rounds):
+            for name, run in runners.items():
+                times = []
+                for _ in range(steps):
+                    began = time.perf_counter()
+                    run()
+                    times.append(time.perf_counter() - began)
+                samples[name].append(statistics.median(times))
+        return {"batch_size": batch_size, "length": length, "torch_threads": torch.get_num_threads(),
+                "step_ms": {name: 1e3 * statistics.median(v) for name, v in samples.items()},
+                "step_ms_min_round": {name: 1e3 * min(v) for name, v in samples.items()}}
+    finally:
+        torch.set_num_threads(previous_threads)
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.torch_tf_binding", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -279,7 +401,24 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
     parser.add_argument("--out", help="write the results (without the model) to this JSON file")
+    parser.add_argument("--step-times", action="store_true",
+                        help="instead of training: time one train step, torch vs Flax variants (batch 64)")
+    parser.add_argument("--rounds", type=int, default=5, help="--step-times: interleaved rounds")
+    parser.add_argument("--keep-freed-memory", action="store_true",
+                        help="glibc keeps freed memory (no per-step page faults); see keep_freed_memory()")
     args = parser.parse_args(argv)
+    if args.keep_freed_memory and not keep_freed_memory():
+        print("note: --keep-freed-memory does not apply here (not glibc)")
+    if args.step_times:
+        result = step_times(length=args.length, rounds=args.rounds, seed=args.seed,
+                            torch_threads=1 if args.threads is None else args.threads)
+        result["keep_freed_memory"] = args.keep_freed_memory
+        for name, ms in result["step_ms"].items():
+            print(f"{name:15s} {ms:7.1f} ms/step (best round {result['step_ms_min_round'][name]:.1f})")
+        if args.out:
+            Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+            Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
+        return
     x, y = random_data(args.n, args.length, args.seed)
     order = np.random.default_rng(args.seed).permutation(args.n)
     n_val = max(1, int(round(0.2 * args.n)))

@@ -40,3 +40,25 @@ def positive_float(text: str) -> float:
     if not value > 0:
         raise argparse.ArgumentTypeError(f"must be positive, got {value}")
     return value
+
+
+def keep_freed_memory() -> bool:
+    """Make glibc keep freed memory in the process instead of returning it to the OS.
+
+    XLA:CPU mallocs each step's whole temporary buffer (59 MiB for this model at batch 64)
+    on every call; glibc serves blocks over 32 MiB with a fresh mmap, and first touch of
+    every page faults (~13,000 faults, ~25 ms per step here). No mmap, no trimming and
+    one arena keep the memory mapped between steps. Process-wide; call it before JAX or
+    torch start their threads. Returns False where it does not apply (not glibc).
+    """
+    import ctypes
+    import ctypes.util
+
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        mallopt = libc.mallopt
+    except (OSError, AttributeError):
+        return False
+    m_trim_threshold, m_top_pad, m_mmap_max, m_arena_max = -1, -2, -4, -8
+    return all([mallopt(m_mmap_max, 0), mallopt(m_trim_threshold, 1 << 30),
+                mallopt(m_top_pad, 64 << 20), mallopt(m_arena_max, 1)])

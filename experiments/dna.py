@@ -13,7 +13,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from experiments._cli import parse_with_default_command, positive_float, positive_int, use_cpu_devices
+from experiments._cli import keep_freed_memory, parse_with_default_command, positive_float, positive_int, use_cpu_devices
 
 COMMANDS = {"train", "predict", "evaluate"}
 
@@ -57,6 +57,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parse_with_default_command(build_parser(), COMMANDS, "train", argv)
     if args.command == "train":
         use_cpu_devices(args.devices)
+    keep_freed_memory()  # before JAX starts: see experiments/_cli.py
     from molml_jax.errors import exit_on_user_error
     from molml_jax.pipelines import dna
 

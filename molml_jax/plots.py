@@ -43,3 +43,40 @@ def plot_curve_comparison(curves: dict[str, Sequence[dict]], path: str | Path, *
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
+
+
+def plot_profiles(observed, predicted, names: Sequence[str], path: str | Path) -> None:
+    """Observed vs predicted score per position for a few windows, each with its Pearson R.
+
+    observed, predicted: (K, L)."""
+    import numpy as np
+
+    k = len(names)
+    fig, axes = plt.subplots(k, 1, figsize=(8, 1.9 * k), sharex=True, squeeze=False)
+    for ax, obs, pred, name in zip(axes[:, 0], observed, predicted, names):
+        r = np.corrcoef(obs, pred)[0, 1] if np.std(obs) > 0 and np.std(pred) > 0 else float("nan")
+        ax.plot(obs, color="k", lw=1.2, label="observed")
+        ax.plot(pred, color="C3", lw=1.0, label="predicted")
+        ax.set_title(f"{name}   Pearson R {r:.3f}", fontsize=9)
+        ax.set_ylabel("score")
+    axes[0, 0].legend(loc="upper right", fontsize=8)
+    axes[-1, 0].set_xlabel("position (bp)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def plot_sweep_curves(histories: dict[str, Sequence[dict]], path: str | Path) -> None:
+    """Validation loss and Pearson R per epoch, one line per configuration."""
+    fig, (ax_loss, ax_r) = plt.subplots(1, 2, figsize=(10, 4))
+    for i, (name, history) in enumerate(histories.items()):
+        epochs = [r["epoch"] for r in history]
+        ax_loss.plot(epochs, [r["train_loss"] for r in history], color=f"C{i}", ls=":", lw=1)
+        ax_loss.plot(epochs, [r["val_loss"] for r in history], color=f"C{i}", label=name)
+        ax_r.plot(epochs, [r["val_pearson"] for r in history], color=f"C{i}", label=name)
+    ax_loss.set(xlabel="epoch", ylabel="loss (validation solid, train dotted)", yscale="log")
+    ax_r.set(xlabel="epoch", ylabel="validation Pearson R")
+    ax_r.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)

@@ -4,5 +4,12 @@ torch is imported lazily (only when a .pt file is loaded); molml_jax works witho
 """
 
 from molml_jax.interop.torch_lstm import load_torch_lstm_checkpoint, lstm_params_from_torch
+from molml_jax.interop.torch_cnn import cnn_config_from_params, cnn_params_from_torch, load_torch_cnn_checkpoint
 
-__all__ = ["load_torch_lstm_checkpoint", "lstm_params_from_torch"]
+__all__ = [
+    "load_torch_lstm_checkpoint",
+    "lstm_params_from_torch",
+    "cnn_config_from_params",
+    "cnn_params_from_torch",
+    "load_torch_cnn_checkpoint",
+]

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import platform
 from pathlib import Path
 
 import jax
@@ -26,7 +25,8 @@ from molml_jax.train import (
     Checkpoints, Engine, FitConfig, PlateauConfig, Task, binary_cross_entropy_with_logits,
     create_train_state, fit,
 )
-from molml_jax.train.run_folder import read_run_config, write_json
+from molml_jax.pipelines.common import check_resumable, config_record, run_facts, stored_config
+from molml_jax.train.run_folder import write_json
 
 PIPELINE = "dna"
 # Measured by benchmarks/dna_drivers.py: the scanned epoch is the faster driver for the
@@ -124,28 +124,6 @@ def make_optimizer(lr: float) -> optax.GradientTransformation:
     return optax.inject_hyperparams(optax.adam)(learning_rate=lr)
 
 
-def _check_resumable(run_dir: Path, config: DNAConfig) -> None:
-    """Refuse to resume a run folder that holds a run with other settings."""
-    path = run_dir / "config.json"
-    if not path.is_file():
-        if (run_dir / "checkpoints").exists():
-            raise InputError(f"{run_dir}: has checkpoints but no config.json; use another --out")
-        return
-    stored = read_run_config(run_dir, PIPELINE)
-    new = _config_record(config)
-    changed = [k for k in new if k not in DNAConfig.RESUMABLE and k != "data_rows" and stored.get(k) != new[k]]
-    if changed:
-        diffs = ", ".join(f"{k}={stored.get(k)!r} (now {new[k]!r})" for k in changed)
-        raise InputError(f"{run_dir}: holds a run with other settings: {diffs}; use another --out")
-
-
-def _config_record(config: DNAConfig) -> dict:
-    record = {k: v for k, v in dataclasses.asdict(config).items()}
-    record["data"] = str(Path(config.data).resolve()) if config.data else "bundled:dna_binding.csv"
-    record["pipeline"] = PIPELINE
-    return record
-
-
 def _probabilities(logits: np.ndarray) -> np.ndarray:
     return 1.0 / (1.0 + np.exp(-logits.astype(np.float64)))
 
@@ -159,9 +137,9 @@ def train_and_evaluate(config: DNAConfig, *, progress: bool = True, initial_para
     """
     run_dir = Path(config.out)
     data = load_data(config)  # bad input fails here, before anything is written
-    _check_resumable(run_dir, config)
+    check_resumable(run_dir, config, PIPELINE)
     run_dir.mkdir(parents=True, exist_ok=True)
-    write_json(run_dir / "config.json", _config_record(config))
+    write_json(run_dir / "config.json", config_record(config, PIPELINE))
 
     model = build_model(config)
     task = make_task(model, data.variable_length)
@@ -191,19 +169,7 @@ def train_and_evaluate(config: DNAConfig, *, progress: bool = True, initial_para
         "test_auc_last_epoch": float(roc_auc_score(y_test, _probabilities(last_logits))),
         "test_loss": best_metrics["loss"],
         "test_accuracy": best_metrics["accuracy"],
-        "best_epoch": result.best_epoch,
-        "best_val_loss": result.best_val_loss,
-        "epochs_run": result.epochs_run,
-        "stopped_early": result.stopped_early,
-        "resumed_from_epoch": result.resumed_from,
-        "compile_seconds": result.compile_seconds,
-        "median_epoch_seconds": result.median_epoch_seconds,
-        "devices": config.devices,
-        "driver": engine.driver,
-        "backend": jax.default_backend(),
-        "device_kind": jax.devices()[0].device_kind,
-        "jax_version": jax.__version__,
-        "python": platform.python_version(),
+        **run_facts(result, engine),
         "n_train": int(len(data.split["train"])),
         "n_val": int(len(data.split["val"])),
         "n_test": int(len(data.split["test"])),
@@ -217,9 +183,7 @@ def train_and_evaluate(config: DNAConfig, *, progress: bool = True, initial_para
 def load_run(run_dir: str | Path, *, checkpoint: str = "best"):
     """(config, model, variables) of a trained run; `checkpoint` 'best' or 'latest'."""
     run_dir = Path(run_dir)
-    stored = read_run_config(run_dir, PIPELINE)
-    fields = {f.name for f in dataclasses.fields(DNAConfig)}
-    config = DNAConfig(**{k: v for k, v in stored.items() if k in fields})
+    config = stored_config(run_dir, PIPELINE, DNAConfig)
     model = build_model(config)
     tx = make_optimizer(config.lr)
     template = create_train_state(model, tx, (np.zeros((1, 8, 4), np.float32),), 0)

@@ -137,6 +137,14 @@ class Engine:
         if batch_stats:
             variables["batch_stats"] = batch_stats
         inputs = [batch[k] for k in self.task.input_keys]
+        if train and self.task.dropout_per_example and not batch_stats:
+            # one example at a time, each with its own key: masks independent of the device split
+            def one(example_inputs, position):
+                example = [x[None] for x in example_inputs]
+                out = self.task.model.apply(variables, *example, train=True,
+                                            rngs={"dropout": jax.random.fold_in(rng, position)})
+                return out[0]
+            return jax.vmap(one)(inputs, batch["_position"]), batch_stats
         if train and batch_stats:
             out, updates = self.task.model.apply(
                 variables, *inputs, train=True, rngs={"dropout": rng}, mutable=["batch_stats"])
@@ -208,7 +216,7 @@ class Engine:
         return state, jax.tree.map(lambda s: s.sum(0), sums)
 
     def _eval_step(self, state, data, index, weight):
-        batch = self._gather(data, index, weight, jnp.zeros_like(index))
+        batch = self._gather(data, index, weight, index)
 
         def one(state):
             out, _ = self._apply(state.params, state.batch_stats, batch, train=False)
@@ -239,7 +247,7 @@ class Engine:
             for b in range(index.shape[0]):
                 state, batch_sums = self._step(state, data.arrays, index[b], weight[b], position[b], active)
                 sums.append(batch_sums)
-        return state, _means(sums)
+        return state, _means(sums, self.task.summarize)
 
     def evaluate(self, state: TrainState, data: DeviceData, *, return_outputs: bool = False):
         """Mean loss (and task metrics) over `data` in eval mode; optionally the outputs (N, ...)."""
@@ -251,7 +259,7 @@ class Engine:
             sums.append(batch_sums)
             if return_outputs:
                 outputs.append(out)
-        metrics = _means(sums)
+        metrics = _means(sums, self.task.summarize)
         if not return_outputs:
             return metrics
         # (batches, D, b, ...) -> (batches * D * b, ...) in data order, then drop padding;
@@ -264,11 +272,13 @@ class Engine:
         return metrics, stacked[:, : data.n]
 
 
-def _means(sums: Any) -> dict:
+def _means(sums: Any, summarize=None) -> dict:
     """Per-batch (or per-epoch) device sums -> means over real examples: host floats, or
     (K,) float64 arrays when training K configurations."""
     batches = sums if isinstance(sums, list) else [sums]
     host = {k: np.sum([np.asarray(b[k], np.float64)[0] for b in batches], axis=0) for k in batches[0]}
     count = host.pop("count")
     means = {k: v / count for k, v in host.items()}
+    if summarize is not None:
+        means = {"loss": means["loss"], **summarize(means)}
     return {k: float(v) if np.ndim(v) == 0 else v for k, v in means.items()}

@@ -20,6 +20,10 @@ class Task:
     metrics: optional (outputs, batch) -> {name: per-example values (B,)}; reported as
       weighted means over a whole split (sums and counts, correct for a short last batch
       and across devices).
+    summarize: optional {name: mean} -> {name: value}, applied on the host to the split's
+      means (e.g. Pearson R from the means of p, t, p*p, t*t, p*t).
+    dropout_per_example: draw each example's dropout mask from fold_in(key, its global
+      position), so that training does not depend on how many devices share a batch.
     augment: optional (key, batch) -> batch, applied on device to training batches only.
       batch['_position'] (B,) holds each example's place in the global batch: derive
       per-example randomness from fold_in(key, position) and results do not depend on
@@ -35,6 +39,8 @@ class Task:
     target_key: str = "y"
     metrics: Callable[[jax.Array, Batch], dict] | None = None
     augment: Callable[[jax.Array, Batch], Batch] | None = None
+    summarize: Callable[[dict], dict] | None = None
+    dropout_per_example: bool = False
     drivers: Mapping[str, str] = dataclasses.field(default_factory=lambda: {"cpu": "loop", "gpu": "scan"})
 
     def driver_for(self, backend: str) -> str:

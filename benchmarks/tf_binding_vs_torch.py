@@ -1,0 +1,151 @@
+"""TF-binding CNN: JAX pipeline vs the study's PyTorch code, and vmapped vs sequential sweeps.
+
+    python -m benchmarks.tf_binding_vs_torch --epochs 5 --windows 5000          # one rate, both frameworks
+    python -m benchmarks.tf_binding_vs_torch --epochs 5 --sweep 1e-2,1e-3,1e-4  # + sweep timings
+
+Runs back to back in one process on the same simulated windows and split: the JAX pipeline
+(`molml_jax.pipelines.tf_binding.train_and_evaluate`, run folder in a temp dir), the
+PyTorch reference (`benchmarks.torch_tf_binding`), and with --sweep the JAX sweep with
+--parallel vmap and sequential. Reports seconds per epoch (median after the first epoch,
+which includes compilation), the torch / JAX ratio, best validation loss and Pearson R.
+Writes benchmarks/results/tf_binding_vs_torch.{json,md} and tf_binding_loss_curves.png.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+from experiments._cli import keep_freed_memory, positive_int, use_cpu_devices
+
+RESULTS = Path(__file__).resolve().parent / "results"
+
+
+def _median_after_first(history):
+    times = [r["epoch_seconds"] for r in history[1:]] or [history[0]["epoch_seconds"]]
+    return statistics.median(times)
+
+
+def run(epochs: int, windows: int, lr: float, seed: int, devices: int, torch_threads: int | None,
+        sweep_rates: list[float] | None, results_dir: Path) -> dict:
+    import jax
+    import pandas as pd
+    import torch
+
+    from benchmarks.torch_tf_binding import run_torch_reference
+    from molml_jax.pipelines import tf_binding as tf
+    from molml_jax.plots import plot_curve_comparison
+    from molml_jax.train.run_folder import write_json
+
+    config = tf.TFBindingConfig(simulate_windows=windows, epochs=epochs, lr=lr, seed=seed, devices=devices)
+    data = tf.load_data(config)
+    with tempfile.TemporaryDirectory(prefix="tf_vs_torch_") as tmp:
+        began = time.perf_counter()
+        summary = tf.train_and_evaluate(tf.TFBindingConfig(**{**config.__dict__, "out": str(Path(tmp) / "jax")}),
+                                        progress=False)
+        jax_wall = time.perf_counter() - began
+        jax_history = pd.read_csv(Path(tmp) / "jax" / "history.csv").to_dict("records")
+    began = time.perf_counter()
+    reference = run_torch_reference(data.x, data.y, data.split["train"], data.split["val"], lr=lr,
+                                    epochs=epochs, seed=seed, threads=torch_threads)
+    torch_wall = time.perf_counter() - began
+    reference.pop("model")
+    jax_epoch, torch_epoch = _median_after_first(jax_history), reference["median_epoch_seconds"]
+    result = {
+        "command": f"python -m benchmarks.tf_binding_vs_torch --epochs {epochs} --windows {windows} "
+                   f"--lr {lr:g} --seed {seed} --devices {devices}"
+                   + (f" --sweep {','.join(f'{r:g}' for r in sweep_rates)}" if sweep_rates else ""),
+        "data": data.source, "n_train": len(data.split["train"]), "n_val": len(data.split["val"]),
+        "jax": {"median_epoch_seconds": jax_epoch, "compile_seconds": summary["compile_seconds"],
+                "wall_seconds": jax_wall, "best_val_loss": summary["best_val_loss"],
+                "best_val_pearson": summary["best_val_pearson"], "best_epoch": summary["best_epoch"],
+                "driver": summary["driver"], "devices": devices, "history": jax_history},
+        "torch": {"median_epoch_seconds": torch_epoch, "wall_seconds": torch_wall,
+                  "best_val_loss": reference["best_val_loss"], "best_val_pearson": reference["best_val_pearson"],
+                  "best_epoch": reference["best_epoch"], "threads": reference["threads"],
+                  "history": reference["history"]},
+        "speedup_torch_over_jax": torch_epoch / jax_epoch,
+        "machine": {"backend": jax.default_backend(), "device_kind": jax.devices()[0].device_kind,
+                    "jax_version": jax.__version__, "torch_version": torch.__version__,
+                    "python": platform.python_version(), "cpu_count": os.cpu_count()},
+    }
+    if sweep_rates:
+        result["sweep"] = {}
+        for mode in ("sequential", "vmap"):
+            with tempfile.TemporaryDirectory(prefix="tf_sweep_") as tmp:
+                out = tf.sweep(tf.TFBindingConfig(**{**config.__dict__, "out": tmp}), sweep_rates,
+                               parallel=mode, progress=False)
+            result["sweep"][mode] = {"wall_seconds": out["wall_seconds"], "table": out["table"]}
+        result["sweep"]["vmap_over_sequential_time"] = (
+            result["sweep"]["vmap"]["wall_seconds"] / result["sweep"]["sequential"]["wall_seconds"])
+    results_dir.mkdir(parents=True, exist_ok=True)
+    write_json(results_dir / "tf_binding_vs_torch.json", result)
+    (results_dir / "tf_binding_vs_torch.md").write_text(markdown(result))
+    plot_curve_comparison({"JAX": jax_history, "PyTorch": reference["history"]},
+                          results_dir / "tf_binding_loss_curves.png",
+                          title=f"TF-binding CNN, lr {lr:g}: validation R JAX {summary['best_val_pearson']:.3f}, "
+                                f"PyTorch {reference['best_val_pearson']:.3f}")
+    return result
+
+
+def markdown(result: dict) -> str:
+    j, t, m = result["jax"], result["torch"], result["machine"]
+    lines = [
+        "# TF-binding CNN: JAX vs PyTorch", "", f"`{result['command']}`", "",
+        f"Data: {result['data']} ({result['n_train']} train, {result['n_val']} validation).", "",
+        "| | JAX | PyTorch |", "|---|---|---|",
+        f"| seconds per epoch (median after the first) | {j['median_epoch_seconds']:.2f} | {t['median_epoch_seconds']:.2f} |",
+        f"| compile seconds | {j['compile_seconds'] or 0:.1f} | - |",
+        f"| best validation loss | {j['best_val_loss']:.4f} (epoch {j['best_epoch']}) | {t['best_val_loss']:.4f} (epoch {t['best_epoch']}) |",
+        f"| best-epoch validation Pearson R | {j['best_val_pearson']:.4f} | {t['best_val_pearson']:.4f} |",
+        f"| parallelism | {j['devices']} device(s), {j['driver']} driver | {t['threads']} thread(s) |",
+        "", f"PyTorch / JAX time per epoch: **{result['speedup_torch_over_jax']:.2f}x**.", "",
+    ]
+    if "sweep" in result:
+        s = result["sweep"]
+        lines += ["## Sweep: one vmapped program vs one run per rate", "",
+                  "| learning rate | loss (sequential) | loss (vmap) | Pearson R (sequential) | Pearson R (vmap) |",
+                  "|---|---|---|---|---|"]
+        for a, b in zip(s["sequential"]["table"], s["vmap"]["table"]):
+            lines.append(f"| {a['lr']:g} | {a['best_val_loss']:.4f} | {b['best_val_loss']:.4f} | "
+                         f"{a['best_val_pearson']:.4f} | {b['best_val_pearson']:.4f} |")
+        lines += ["", f"Wall time: sequential {s['sequential']['wall_seconds']:.1f} s, vmap "
+                      f"{s['vmap']['wall_seconds']:.1f} s (vmap / sequential = {s['vmap_over_sequential_time']:.2f}).", ""]
+    lines += [f"Machine: {m['backend']} ({m['device_kind']}), {m['cpu_count']} CPUs; jax {m['jax_version']}, "
+              f"torch {m['torch_version']}.", "", "![loss curves](tf_binding_loss_curves.png)", ""]
+    return "\n".join(lines)
+
+
+def _rates(text):
+    return [float(r) for r in text.split(",") if r.strip()]
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.tf_binding_vs_torch", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--epochs", type=positive_int, default=5)
+    parser.add_argument("--windows", type=positive_int, default=5000)
+    parser.add_argument("--lr", type=float, default=1e-2)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--devices", type=positive_int, default=1)
+    parser.add_argument("--torch-threads", type=positive_int, default=None)
+    parser.add_argument("--sweep", type=_rates, default=None, metavar="RATES")
+    parser.add_argument("--results-dir", type=Path, default=RESULTS)
+    args = parser.parse_args(argv)
+    use_cpu_devices(args.devices)
+    keep_freed_memory()  # both frameworks in this process benefit alike
+    from molml_jax.errors import exit_on_user_error
+
+    with exit_on_user_error():
+        result = run(args.epochs, args.windows, args.lr, args.seed, args.devices, args.torch_threads,
+                     args.sweep, args.results_dir)
+    print(markdown(result))
+
+
+if __name__ == "__main__":
+    main()

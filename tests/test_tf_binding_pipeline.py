@@ -1,0 +1,95 @@
+"""TF-binding pipeline end to end on tiny simulated data: run folder, Pearson from moments,
+vmapped sweep = sequential sweep, devices, CLI errors."""
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from molml_jax.pipelines import tf_binding as tf
+
+from conftest import REPO
+
+TINY = dict(simulate_windows=96, simulate_length=40, batch_size=16, num_channels=8, num_blocks=1,
+            epochs=3, early_stopping_patience=10)
+
+
+def _config(out, **kw):
+    return tf.TFBindingConfig(out=str(out), **{**TINY, **kw})
+
+
+def test_pearson_from_moments_matches_numpy():
+    rng = np.random.default_rng(0)
+    p, t = rng.normal(size=(5, 7)), rng.normal(size=(5, 7))
+    sums = {"bases": np.full(5, 7.0), "p": p.sum(1), "t": t.sum(1), "pp": (p * p).sum(1),
+            "tt": (t * t).sum(1), "pt": (p * t).sum(1)}
+    means = {k: v.mean() for k, v in sums.items()}
+    assert tf.pearson_from_moments(means)["pearson"] == pytest.approx(np.corrcoef(p.ravel(), t.ravel())[0, 1])
+
+
+def test_train_run_folder_and_two_devices(tmp_path):
+    one = tmp_path / "one"
+    summary = tf.train_and_evaluate(_config(one), progress=False)
+    for name in ("config.json", "history.csv", "summary.json", "loss_curve.png", "profile_examples.png"):
+        assert (one / name).is_file(), name
+    history = pd.read_csv(one / "history.csv")
+    assert list(history.columns) == ["epoch", "train_loss", "val_loss", "lr", "epoch_seconds", "val_pearson"]
+    assert summary["best_val_loss"] == pytest.approx(history.val_loss.min(), rel=1e-5)
+    assert -1 <= summary["best_val_pearson"] <= 1
+    two = tmp_path / "two"
+    tf.train_and_evaluate(_config(two, devices=2), progress=False)
+    cols = ["train_loss", "val_loss", "val_pearson"]
+    np.testing.assert_allclose(pd.read_csv(two / "history.csv")[cols], history[cols], atol=1e-4)
+
+
+def test_vmapped_sweep_equals_sequential_sweep(tmp_path):
+    lrs = [1e-2, 1e-3]
+    a = tf.sweep(_config(tmp_path / "v", early_stopping_patience=1), lrs, seeds=2, parallel="vmap", progress=False)
+    b = tf.sweep(_config(tmp_path / "s", early_stopping_patience=1), lrs, seeds=2, parallel="sequential",
+                 progress=False)
+    for ra, rb in zip(a["rows"], b["rows"]):
+        assert (ra["lr"], ra["seed"], ra["best_epoch"], ra["epochs_run"]) == (rb["lr"], rb["seed"], rb["best_epoch"], rb["epochs_run"])
+        assert ra["best_val_loss"] == pytest.approx(rb["best_val_loss"], rel=1e-4)
+        assert ra["best_val_pearson"] == pytest.approx(rb["best_val_pearson"], abs=1e-4)
+    for ha, hb in zip(a["histories"], b["histories"]):  # early stopping per configuration
+        assert len(ha) == len(hb)
+    for name in ("sweep.csv", "sweep.md", "sweep.json", "sweep_curves.png"):
+        assert (tmp_path / "v" / name).is_file()
+    table = (tmp_path / "v" / "sweep.md").read_text()
+    assert "| 0.01 |" in table and "±" in table
+    assert pd.read_csv(tmp_path / "v" / "sweep.csv").shape == (4, 6)
+
+
+def _cli(*args):
+    return subprocess.run([sys.executable, "-m", "experiments.tf_binding", *map(str, args)], cwd=REPO,
+                          capture_output=True, text=True)
+
+
+def test_cli_simulate_then_train_from_files_and_bad_input(tmp_path):
+    sim = tmp_path / "sim"
+    proc = _cli("simulate", "--out", sim, "--windows", 40, "--length", 30, "--seed", 1)
+    assert proc.returncode == 0, proc.stderr
+    assert (sim / "sequences.tsv.gz").is_file() and (sim / "scores.tsv.gz").is_file()
+    run = tmp_path / "run"
+    proc = _cli("--sequences", sim / "sequences.tsv.gz", "--scores", sim / "scores.tsv.gz", "--epochs", 1,
+                "--batch-size", 8, "--out", run, "--quiet")
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads((run / "config.json").read_text())["pipeline"] == "tf_binding"
+
+    bad = tmp_path / "bad_scores.tsv"
+    bad.write_text("x\ty\n1\t2\n")
+    for args, fragment in [
+        (["--sequences", sim / "sequences.tsv.gz"], "give both --sequences and --scores"),
+        (["--sequences", sim / "sequences.tsv.gz", "--scores", bad], "bad_scores.tsv"),
+        (["--sequences", tmp_path / "missing.tsv.gz", "--scores", bad], "missing.tsv.gz"),
+    ]:
+        proc = _cli(*args, "--out", tmp_path / "never")
+        assert proc.returncode == 2, proc.stderr
+        lines = proc.stderr.strip().splitlines()
+        assert len(lines) == 1 and fragment in lines[0] and "Traceback" not in proc.stderr
+        assert not (tmp_path / "never").exists()
+    proc = _cli("sweep", "--lrs", "1e-2,abc", "--out", tmp_path / "never")
+    assert proc.returncode == 2 and "comma-separated" in proc.stderr
