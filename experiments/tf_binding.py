@@ -34,6 +34,7 @@ def _training_arguments(cmd: argparse.ArgumentParser, *, epochs: int, out: str) 
     cmd.add_argument("--windows", type=positive_int, default=5000, help="simulated windows (no files given)")
     cmd.add_argument("--length", type=positive_int, default=300, help="simulated window length")
     cmd.add_argument("--data-seed", type=int, default=0, help="seed of the simulated windows")
+    cmd.add_argument("--motifs", default="CTCF", help="motifs planted in simulated windows: IDs/names, or 'all'")
     cmd.add_argument("--epochs", type=positive_int, default=epochs)
     cmd.add_argument("--batch-size", type=positive_int, default=64)
     cmd.add_argument("--weight-decay", type=float, default=1e-5)
@@ -64,6 +65,7 @@ def build_parser() -> argparse.ArgumentParser:
     sim.add_argument("--windows", type=positive_int, default=5000)
     sim.add_argument("--length", type=positive_int, default=300)
     sim.add_argument("--seed", type=int, default=0)
+    sim.add_argument("--motifs", default="CTCF", help="bundled JASPAR motifs to plant (IDs/names), or 'all'")
     return parser
 
 
@@ -72,7 +74,7 @@ def _config(args, **extra):
 
     return TFBindingConfig(
         sequences=args.sequences, scores=args.scores, simulate_windows=args.windows,
-        simulate_length=args.length, simulate_seed=args.data_seed, epochs=args.epochs,
+        simulate_length=args.length, simulate_seed=args.data_seed, simulate_motifs=args.motifs, epochs=args.epochs,
         batch_size=args.batch_size, weight_decay=args.weight_decay,
         early_stopping_patience=args.patience, seed=args.seed, devices=args.devices,
         driver=args.driver, out=args.out, **extra)
@@ -91,7 +93,10 @@ def main(argv: list[str] | None = None) -> None:
 
             from molml_jax.data.tf_binding import simulate_tf_binding, write_tf_binding
 
-            names, sequences, scores, planted = simulate_tf_binding(args.windows, args.length, seed=args.seed)
+            from molml_jax.pipelines.tf_binding import motif_list
+
+            names, sequences, scores, planted = simulate_tf_binding(args.windows, args.length, seed=args.seed,
+                                                                    motifs=motif_list(args.motifs))
             out = Path(args.out)
             out.mkdir(parents=True, exist_ok=True)
             write_tf_binding(out / "sequences.tsv.gz", out / "scores.tsv.gz", names, sequences, scores)

@@ -55,7 +55,7 @@ What was kept and why:
 (*) The biggest cost on this CPU was not arithmetic: XLA:CPU mallocs the step's whole
 temporary buffer (59 MiB at batch 64 with dropout) on every call; glibc serves blocks over
 32 MiB with a fresh mmap, and first touch costs ~15,000 page faults (~25 ms) per step.
-Keeping freed memory in the process (`benchmarks.torch_tf_binding.keep_freed_memory`: glibc
+Keeping freed memory in the process (`experiments._cli.keep_freed_memory`, which the launchers call: glibc
 mallopt M_MMAP_MAX 0, M_TRIM_THRESHOLD 1 GiB, M_TOP_PAD 64 MiB, M_ARENA_MAX 1, before JAX
 starts) removes them. A step whose buffer is under 32 MiB (batch 32 here) avoids them
 without that, through glibc's adaptive mmap threshold.
@@ -159,14 +159,23 @@ class Dropout16(nn.Module):
     rng_collection: str = "dropout"
 
     @nn.compact
-    def __call__(self, x, deterministic: bool):
+    def __call__(self, x, deterministic: bool, example_ids=None):
+        """example_ids (B,) int: draw example b's mask from fold_in(key, example_ids[b]), so
+        that an example's mask does not depend on the batch it shares (or on devices)."""
         if deterministic or self.rate == 0.0:
             return x
         if self.rate >= 1.0:
             return jnp.zeros_like(x)
-        size = x.size
-        words = jax.random.bits(self.make_rng(self.rng_collection), ((size + 1) // 2,), jnp.uint32)
-        draws = jnp.concatenate([words & 0xFFFF, words >> 16])[:size].reshape(x.shape)
+        key = self.make_rng(self.rng_collection)
+        if example_ids is None:
+            size = x.size
+            words = jax.random.bits(key, ((size + 1) // 2,), jnp.uint32)
+            draws = jnp.concatenate([words & 0xFFFF, words >> 16])[:size].reshape(x.shape)
+        else:
+            size = x[0].size
+            keys = jax.vmap(jax.random.fold_in, in_axes=(None, 0))(key, example_ids)
+            words = jax.vmap(lambda k: jax.random.bits(k, ((size + 1) // 2,), jnp.uint32))(keys)
+            draws = jnp.concatenate([words & 0xFFFF, words >> 16], axis=1)[:, :size].reshape(x.shape)
         keep = draws < jnp.uint32(round((1.0 - self.rate) * 65536))
         return jnp.where(keep, x / (1.0 - self.rate), jnp.zeros((), x.dtype))
 
@@ -199,9 +208,9 @@ class ResidualBlock(nn.Module):
         self.conv2 = _conv(self.num_channels, self.kernel_size, "conv2")
         self.norm2 = LayerNormLC(name="norm2")
 
-    def __call__(self, x, train: bool = False):
+    def __call__(self, x, train: bool = False, example_ids=None):
         out = nn.relu(self.norm1(self.conv1(x)))
-        out = self.dropout(out, deterministic=not train)
+        out = self.dropout(out, deterministic=not train, example_ids=example_ids)
         out = self.norm2(self.conv2(out))
         return nn.relu(out + x)
 
@@ -244,7 +253,8 @@ class BindingPredictorCNN(nn.Module):
         final_init = kaiming_normal_fan_out if self.num_channels == 1 else xavier_uniform
         self.final_conv = _conv(1, 1, "final_conv", kernel_init=final_init, use_bias=True)
 
-    def __call__(self, x, train: bool = False):
+    def __call__(self, x, train: bool = False, example_ids=None):
+        """x (B, L, 4) -> (B, L). example_ids (B,): per-example dropout masks (Dropout16)."""
         if x.ndim != 3 or x.shape[-1] != INPUT_CHANNELS:
             raise ValueError(f"expected one-hot input (batch, length, {INPUT_CHANNELS}), got shape {tuple(x.shape)}")
         if self.length is not None and x.shape[1] != self.length:
@@ -253,5 +263,5 @@ class BindingPredictorCNN(nn.Module):
                 f"input of length {x.shape[1]}; use length={x.shape[1]} (or None: from the input at init)")
         h = nn.relu(self.initial_norm(self.initial_conv(x)))
         for block in self.blocks:
-            h = block(h, train=train)
+            h = block(h, train=train, example_ids=example_ids)
         return self.final_conv(h)[..., 0]

@@ -42,6 +42,7 @@ class TFBindingConfig:
     simulate_windows: int = 5000  # used when no files are given
     simulate_length: int = 300
     simulate_seed: int = 0
+    simulate_motifs: str = "CTCF"  # comma-separated JASPAR IDs or names of bundled motifs, or "all"
     epochs: int = 100
     batch_size: int = 64
     lr: float = 1e-2
@@ -89,10 +90,11 @@ def load_data(config: TFBindingConfig) -> TFData:
         names, x, y, source = data.names, data.x, data.y, " + ".join(data.source)
     else:
         names, sequences, y, _ = simulate_tf_binding(
-            config.simulate_windows, config.simulate_length, seed=config.simulate_seed)
+            config.simulate_windows, config.simulate_length, seed=config.simulate_seed,
+            motifs=motif_list(config.simulate_motifs))
         x, _ = one_hot(sequences, names=names, source="simulated windows")
         source = (f"simulated: {config.simulate_windows} windows of {config.simulate_length} bp, "
-                  f"seed {config.simulate_seed}")
+                  f"motifs {config.simulate_motifs}, seed {config.simulate_seed}")
     n = len(names)
     n_val = int(round(config.val_fraction * n))
     if n_val < 1 or n - n_val < 1:
@@ -100,6 +102,13 @@ def load_data(config: TFBindingConfig) -> TFData:
     perm = np.random.default_rng(config.seed).permutation(n)
     return TFData(source, list(names), x.astype(np.float32), y.astype(np.float32),
                   {"val": perm[:n_val], "train": perm[n_val:]})
+
+
+def motif_list(text: str | None) -> list[str] | None:
+    """'CTCF,SP1' -> ['CTCF', 'SP1']; 'all' or None -> None (every bundled motif)."""
+    if text is None or text.strip().lower() == "all":
+        return None
+    return [part.strip() for part in text.split(",") if part.strip()]
 
 
 def build_model(config: TFBindingConfig, length: int) -> BindingPredictorCNN:

@@ -137,20 +137,13 @@ class Engine:
         if batch_stats:
             variables["batch_stats"] = batch_stats
         inputs = [batch[k] for k in self.task.input_keys]
-        if train and self.task.dropout_per_example and not batch_stats:
-            # one example at a time, each with its own key: masks independent of the device split
-            def one(example_inputs, position):
-                example = [x[None] for x in example_inputs]
-                out = self.task.model.apply(variables, *example, train=True,
-                                            rngs={"dropout": jax.random.fold_in(rng, position)})
-                return out[0]
-            return jax.vmap(one)(inputs, batch["_position"]), batch_stats
+        kwargs = {"example_ids": batch["_position"]} if train and self.task.dropout_per_example else {}
         if train and batch_stats:
             out, updates = self.task.model.apply(
-                variables, *inputs, train=True, rngs={"dropout": rng}, mutable=["batch_stats"])
+                variables, *inputs, train=True, rngs={"dropout": rng}, mutable=["batch_stats"], **kwargs)
             return out, updates["batch_stats"]
         rngs = {"dropout": rng} if train else None
-        return self.task.model.apply(variables, *inputs, train=train, rngs=rngs), batch_stats
+        return self.task.model.apply(variables, *inputs, train=train, rngs=rngs, **kwargs), batch_stats
 
     def _metric_sums(self, outputs, batch, loss):
         weight = batch["_weight"]

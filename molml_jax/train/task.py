@@ -22,8 +22,9 @@ class Task:
       and across devices).
     summarize: optional {name: mean} -> {name: value}, applied on the host to the split's
       means (e.g. Pearson R from the means of p, t, p*p, t*t, p*t).
-    dropout_per_example: draw each example's dropout mask from fold_in(key, its global
-      position), so that training does not depend on how many devices share a batch.
+    dropout_per_example: in training the model is also given example_ids=batch['_position']
+      (each example's place in the global batch) and draws each example's dropout mask from
+      fold_in(key, id), so that training does not depend on how many devices share a batch.
     augment: optional (key, batch) -> batch, applied on device to training batches only.
       batch['_position'] (B,) holds each example's place in the global batch: derive
       per-example randomness from fold_in(key, position) and results do not depend on
