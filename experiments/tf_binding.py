@@ -113,7 +113,7 @@ def main(argv: list[str] | None = None) -> None:
         else:
             from molml_jax.pipelines import tf_binding
 
-            result = tf_binding.sweep(_config(args), args.lrs, seeds=args.seeds, parallel=args.parallel,
+            tf_binding.sweep(_config(args), args.lrs, seeds=args.seeds, parallel=args.parallel,
                                       progress=not args.quiet, wandb=args.wandb)
             print((__import__("pathlib").Path(args.out) / "sweep.md").read_text())
 

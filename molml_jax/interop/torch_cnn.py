@@ -20,16 +20,14 @@ torch is imported only inside `load_torch_cnn_checkpoint`, so molml_jax works wi
 from __future__ import annotations
 
 import os
-import pickle
 import re
-from pathlib import Path
 from typing import Any, Mapping
 
 import jax.numpy as jnp
 import numpy as np
 
 from molml_jax.errors import InputError
-from molml_jax.interop.torch_lstm import _first_line, _shape_text, _strip_prefix, _to_numpy, _unpickling_problem
+from molml_jax.interop.torch_lstm import _shape_text, _strip_prefix, _to_numpy, read_state_dict
 
 INPUT_DIM = 4  # one-hot A, C, G, T
 _PREFIXES = ("initial_conv.", "initial_norm.", "res_blocks.", "final_conv.")
@@ -191,21 +189,4 @@ def load_torch_cnn_checkpoint(path: str | os.PathLike, *, num_blocks: int | None
     Raises InputError (one line naming the file) for a missing or unreadable file, a file
     that is not weights-only (e.g. a whole pickled nn.Module), or another model's weights.
     """
-    path = Path(path)
-    if path.is_dir():
-        raise InputError(f"{path}: is a folder, expected a .pt file")
-    if not path.exists():
-        raise InputError(f"{path}: no such file")
-    if path.stat().st_size == 0:
-        raise InputError(f"{path}: file is empty")
-    try:
-        import torch
-    except ImportError:
-        raise InputError(f"{path}: reading PyTorch checkpoints needs torch (pip install 'molml-jax[torch]')") from None
-    try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as err:
-        raise InputError(f"{path}: {_unpickling_problem(str(err))}") from None
-    except (RuntimeError, EOFError, OSError, ValueError) as err:
-        raise InputError(f"{path}: not a readable PyTorch checkpoint ({_first_line(str(err), err)})") from None
-    return cnn_params_from_torch(_unwrap(obj), num_blocks=num_blocks, length=length, source=str(path))
+    return cnn_params_from_torch(read_state_dict(path), num_blocks=num_blocks, length=length, source=str(path))

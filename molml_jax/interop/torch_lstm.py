@@ -229,6 +229,13 @@ def load_torch_lstm_checkpoint(path: str | os.PathLike, hidden_dim: int | None =
     Raises InputError (one line naming the file) for a missing or unreadable file, a file
     that is not weights-only (e.g. a whole pickled nn.Module), or another model's weights.
     """
+    return lstm_params_from_torch(read_state_dict(path), hidden_dim, source=str(path))
+
+
+def read_state_dict(path: str | os.PathLike) -> Mapping[str, Any]:
+    """The state_dict in a .pt file, read with torch.load(weights_only=True) (plain tensors
+    only, never pickled code); also found under 'state_dict', 'model_state_dict' or 'model'.
+    Every problem is an InputError naming the file."""
     path = Path(path)
     if path.is_dir():
         raise InputError(f"{path}: is a folder, expected a .pt file")
@@ -248,4 +255,4 @@ def load_torch_lstm_checkpoint(path: str | os.PathLike, hidden_dim: int | None =
         raise InputError(f"{path}: {_unpickling_problem(str(err))}") from None
     except (RuntimeError, EOFError, OSError, ValueError) as err:
         raise InputError(f"{path}: not a readable PyTorch checkpoint ({_first_line(str(err), err)})") from None
-    return lstm_params_from_torch(_unwrap(obj), hidden_dim, source=str(path))
+    return _unwrap(obj)

@@ -85,7 +85,7 @@ def fit(engine: Engine, state: TrainState, train: DeviceData, val: DeviceData, c
 
     replicated = engine.replicate(state)
     first_seconds = None
-    best_unsaved = None  # (epoch, host state) of a new best not yet written
+    best_unsaved, best_meta = None, None  # (epoch, host state) and meta of a new best not yet written
     bar = tqdm(total=config.epochs, initial=start, desc=run_dir.name, unit="epoch",
                disable=not config.progress, dynamic_ncols=True)
     try:
