@@ -29,7 +29,7 @@ from pathlib import Path
 
 import numpy as np
 
-from experiments._cli import keep_freed_memory  # noqa: F401  (re-exported for --keep-freed-memory)
+from experiments._cli import keep_freed_memory
 import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
