@@ -25,7 +25,7 @@ def exit_on_user_error() -> Iterator[None]:
     try:
         yield
     except InputError as err:
-        print(f"error: {err}", file=sys.stderr)
+        print(f"error: {' '.join(str(err).split())}", file=sys.stderr)  # always one line
         raise SystemExit(2) from None
     except TrainingDiverged as err:
         print(f"error: {err}", file=sys.stderr)

@@ -80,3 +80,24 @@ def plot_sweep_curves(histories: dict[str, Sequence[dict]], path: str | Path) ->
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
+
+
+def plot_segmentation_examples(images, predicted, truth, names: Sequence[str], path: str | Path) -> None:
+    """Rows of original / prediction overlay / ground-truth overlay, as the course's plot_seg.
+
+    images (K, H, W) in [0, 1]; predicted, truth (K, H, W) bool."""
+    import numpy as np
+
+    k = len(names)
+    fig, axes = plt.subplots(k, 3, figsize=(9, 3 * k), squeeze=False)
+    for row, (img, pred, true, name) in enumerate(zip(images, predicted, truth, names)):
+        for col, (title, mask) in enumerate((("original", None), ("prediction", pred), ("ground truth", true))):
+            ax = axes[row, col]
+            ax.imshow(img, cmap="gray", vmin=0, vmax=1)
+            if mask is not None:
+                ax.imshow(np.ma.masked_where(~mask, mask), cmap="autumn", alpha=0.45)
+            ax.set_title(f"{name}: {title}" if col == 0 else title, fontsize=9)
+            ax.axis("off")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)

@@ -149,7 +149,7 @@ def _list_files(source: Path, want) -> list[_File]:
                 data = handle.read() if handle is not None else b""
                 files.append(_File(rel=rel, where=f"{source}: {member.name}", data=data))
     except (tarfile.TarError, EOFError, zlib.error, OSError) as err:
-        detail = str(err) or type(err).__name__
+        detail = " ".join((str(err) or type(err).__name__).split())  # tarfile's text spans lines
         raise InputError(f"{source}: not a readable tarball ({detail})") from None
     return files
 

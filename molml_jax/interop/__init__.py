@@ -5,6 +5,7 @@ torch is imported lazily (only when a .pt file is loaded); molml_jax works witho
 
 from molml_jax.interop.torch_lstm import load_torch_lstm_checkpoint, lstm_params_from_torch
 from molml_jax.interop.torch_cnn import cnn_config_from_params, cnn_params_from_torch, load_torch_cnn_checkpoint
+from molml_jax.interop.torch_unet import load_torch_unet_checkpoint, unet_config_from_variables, unet_variables_from_torch
 
 __all__ = [
     "load_torch_lstm_checkpoint",
@@ -12,4 +13,7 @@ __all__ = [
     "cnn_config_from_params",
     "cnn_params_from_torch",
     "load_torch_cnn_checkpoint",
+    "load_torch_unet_checkpoint",
+    "unet_config_from_variables",
+    "unet_variables_from_torch",
 ]

@@ -139,7 +139,7 @@ def make_task(model: BindingPredictorCNN) -> Task:
         loss=lambda pred, batch: mean_squared_error(pred, batch["y"]),
         metrics=_moment_sums,
         summarize=pearson_from_moments,
-        dropout_per_example=True,  # same masks on 1 or N devices
+        train_kwargs={"example_ids": "_position"},  # per-example dropout: same on 1 or N devices
         drivers=DRIVERS,
     )
 

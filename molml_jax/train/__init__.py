@@ -1,7 +1,7 @@
 """The one training engine shared by every pipeline."""
 
 from molml_jax.train.checkpoint import Checkpoints
-from molml_jax.train.engine import DeviceData, Engine, batch_plan
+from molml_jax.train.engine import AXIS, DeviceData, Engine, batch_plan
 from molml_jax.train.fit import FitConfig, FitResult, fit
 from molml_jax.train.losses import binary_cross_entropy_with_logits, mean_squared_error
 from molml_jax.train.plateau import PlateauConfig, PlateauState, plateau_update
@@ -9,7 +9,7 @@ from molml_jax.train.state import TrainState, create_train_state, learning_rate,
 from molml_jax.train.task import Task
 
 __all__ = [
-    "Checkpoints", "DeviceData", "Engine", "FitConfig", "FitResult", "PlateauConfig",
+    "AXIS", "Checkpoints", "DeviceData", "Engine", "FitConfig", "FitResult", "PlateauConfig",
     "PlateauState", "Task", "TrainState", "batch_plan", "binary_cross_entropy_with_logits",
     "create_train_state", "fit", "learning_rate", "mean_squared_error", "plateau_update",
     "with_learning_rate",

@@ -137,7 +137,7 @@ class Engine:
         if batch_stats:
             variables["batch_stats"] = batch_stats
         inputs = [batch[k] for k in self.task.input_keys]
-        kwargs = {"example_ids": batch["_position"]} if train and self.task.dropout_per_example else {}
+        kwargs = {name: batch[key] for name, key in self.task.train_kwargs.items()} if train else {}
         if train and batch_stats:
             out, updates = self.task.model.apply(
                 variables, *inputs, train=True, rngs={"dropout": rng}, mutable=["batch_stats"], **kwargs)

@@ -22,9 +22,10 @@ class Task:
       and across devices).
     summarize: optional {name: mean} -> {name: value}, applied on the host to the split's
       means (e.g. Pearson R from the means of p, t, p*p, t*t, p*t).
-    dropout_per_example: in training the model is also given example_ids=batch['_position']
-      (each example's place in the global batch) and draws each example's dropout mask from
-      fold_in(key, id), so that training does not depend on how many devices share a batch.
+    train_kwargs: model keyword arguments filled from batch entries in training, e.g.
+      {'example_ids': '_position'} (each example's place in the global batch: per-example
+      dropout masks that do not depend on how many devices share a batch) or
+      {'mask': '_weight'} (BatchNorm statistics without the padding of a short last batch).
     augment: optional (key, batch) -> batch, applied on device to training batches only.
       batch['_position'] (B,) holds each example's place in the global batch: derive
       per-example randomness from fold_in(key, position) and results do not depend on
@@ -41,7 +42,7 @@ class Task:
     metrics: Callable[[jax.Array, Batch], dict] | None = None
     augment: Callable[[jax.Array, Batch], Batch] | None = None
     summarize: Callable[[dict], dict] | None = None
-    dropout_per_example: bool = False
+    train_kwargs: Mapping[str, str] = dataclasses.field(default_factory=dict)
     drivers: Mapping[str, str] = dataclasses.field(default_factory=lambda: {"cpu": "loop", "gpu": "scan"})
 
     def driver_for(self, backend: str) -> str:
