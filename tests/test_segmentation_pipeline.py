@@ -1,6 +1,5 @@
 """Segmentation pipeline end to end on tiny synthetic image/mask pairs with other tags."""
 
-import json
 import subprocess
 import sys
 
