@@ -29,6 +29,7 @@ from pathlib import Path
 
 import numpy as np
 
+from benchmarks.timing import interleaved_step_ms
 from experiments._cli import keep_freed_memory
 import torch
 from torch import nn
@@ -372,21 +373,8 @@ def step_times(batch_size: int = 64, length: int = LENGTH, rounds: int = 5, step
     runners["torch"] = torch_step
 
     try:
-        for run in runners.values():  # compile and warm up
-            for _ in range(3):
-                run()
-        samples: dict[str, list[float]] = {name: [] for name in runners}
-        for _ in range(rounds):
-            for name, run in runners.items():
-                times = []
-                for _ in range(steps):
-                    began = time.perf_counter()
-                    run()
-                    times.append(time.perf_counter() - began)
-                samples[name].append(statistics.median(times))
         return {"batch_size": batch_size, "length": length, "torch_threads": torch.get_num_threads(),
-                "step_ms": {name: 1e3 * statistics.median(v) for name, v in samples.items()},
-                "step_ms_min_round": {name: 1e3 * min(v) for name, v in samples.items()}}
+                **interleaved_step_ms(runners, rounds=rounds, steps=steps, warmup=3)}
     finally:
         torch.set_num_threads(previous_threads)
 

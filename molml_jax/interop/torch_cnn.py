@@ -27,7 +27,9 @@ import jax.numpy as jnp
 import numpy as np
 
 from molml_jax.errors import InputError
-from molml_jax.interop.torch_lstm import _shape_text, _strip_prefix, _to_numpy, read_state_dict
+from molml_jax.interop.torch_lstm import (
+    _checked_arrays, _named_weights, _shape_text, _strip_prefix, _to_numpy, read_state_dict,
+)
 
 INPUT_DIM = 4  # one-hot A, C, G, T
 _PREFIXES = ("initial_conv.", "initial_norm.", "res_blocks.", "final_conv.")
@@ -76,15 +78,7 @@ def cnn_params_from_torch(state_dict: Mapping[str, Any], *, num_blocks: int | No
       InputError (one line naming `source`): not a mapping, another model's state_dict,
       missing or unexpected keys, wrong shapes, non-float or non-finite values.
     """
-    if not isinstance(state_dict, Mapping):
-        raise InputError(
-            f"{source}: expected a state_dict (a mapping of parameter names to tensors), "
-            f"got {type(state_dict).__name__}")
-    weights: dict[str, Any] = {}
-    for key, value in state_dict.items():
-        if not isinstance(key, str):
-            raise InputError(f"{source}: state_dict key {key!r} is not a string")
-        weights[_strip_prefix(key)] = value
+    weights = _named_weights(state_dict, source)
 
     if not any(k.startswith(_PREFIXES) for k in weights):
         sample = ", ".join(sorted(weights)[:4]) or "no keys at all"
@@ -127,14 +121,8 @@ def cnn_params_from_torch(state_dict: Mapping[str, Any], *, num_blocks: int | No
             hint = "; the model's initial and block convolutions have no bias"
         raise InputError(f"{source}: unexpected key {unexpected[0]}{_more(unexpected)}{hint}")
 
-    arrays = {}
-    for key, shape in shapes.items():
-        array = _to_numpy(weights[key], key, source)
-        if array.shape != shape:
-            raise InputError(
-                f"{source}: {key} has shape {_shape_text(array.shape)}, expected {_shape_text(shape)} "
-                f"({channels} channels, kernel {kernel}, length {found_length})")
-        arrays[key] = array
+    arrays = _checked_arrays(weights, shapes, source,
+                             f"{channels} channels, kernel {kernel}, length {found_length}")
 
     def conv(key: str) -> dict:
         return {"kernel": jnp.asarray(arrays[key].transpose(2, 1, 0))}

@@ -111,16 +111,7 @@ def lstm_params_from_torch(
       InputError (one line naming `source`): not a mapping, missing or unexpected keys (a
       state_dict of another model), wrong shapes, non-float or non-finite values.
     """
-    if not isinstance(state_dict, Mapping):
-        raise InputError(
-            f"{source}: expected a state_dict (a mapping of parameter names to tensors), "
-            f"got {type(state_dict).__name__}"
-        )
-    weights: dict[str, Any] = {}
-    for key, value in state_dict.items():
-        if not isinstance(key, str):
-            raise InputError(f"{source}: state_dict key {key!r} is not a string")
-        weights[_strip_prefix(key)] = value
+    weights = _named_weights(state_dict, source)
 
     if "lstm.weight_hh_l0" not in weights:
         lstm_keys = [k for k in weights if k.startswith(("lstm.", "mlp."))]
@@ -156,15 +147,7 @@ def lstm_params_from_torch(
             hint = "; this model's MLP is Linear-Tanh-Linear-Tanh-Linear (mlp.0, mlp.2, mlp.4)"
         raise InputError(f"{source}: unexpected key {unexpected[0]}{more}{hint}")
 
-    arrays = {}
-    for key, shape in shapes.items():
-        array = _to_numpy(weights[key], key, source)
-        if array.shape != shape:
-            raise InputError(
-                f"{source}: {key} has shape {_shape_text(array.shape)}, expected {_shape_text(shape)} "
-                f"(hidden size {hidden}, {INPUT_DIM} input channels)"
-            )
-        arrays[key] = array
+    arrays = _checked_arrays(weights, shapes, source, f"hidden size {hidden}, {INPUT_DIM} input channels")
 
     def direction(suffix: str) -> dict:
         return {
@@ -256,3 +239,37 @@ def read_state_dict(path: str | os.PathLike) -> Mapping[str, Any]:
     except (RuntimeError, EOFError, OSError, ValueError) as err:
         raise InputError(f"{path}: not a readable PyTorch checkpoint ({_first_line(str(err), err)})") from None
     return _unwrap(obj)
+
+
+def _named_weights(state_dict, source: str, *, skip_suffix: str | None = None) -> dict[str, Any]:
+    """A state_dict as {name without 'module.' / '_orig_mod.' prefix: value}; one-line
+    InputError if it is not a mapping of string keys. Keys ending in skip_suffix are dropped."""
+    if not isinstance(state_dict, Mapping):
+        raise InputError(
+            f"{source}: expected a state_dict (a mapping of parameter names to tensors), "
+            f"got {type(state_dict).__name__}"
+        )
+    weights: dict[str, Any] = {}
+    for key, value in state_dict.items():
+        if not isinstance(key, str):
+            raise InputError(f"{source}: state_dict key {key!r} is not a string")
+        if skip_suffix is not None and key.endswith(skip_suffix):
+            continue
+        weights[_strip_prefix(key)] = value
+    return weights
+
+
+def _checked_arrays(weights: Mapping[str, Any], shapes: Mapping[str, tuple], source: str,
+                    context: str) -> dict[str, np.ndarray]:
+    """{key: float array} for every expected key, or a one-line InputError naming a key
+    whose shape differs (`context` says what the expected shapes were derived from)."""
+    arrays = {}
+    for key, shape in shapes.items():
+        array = _to_numpy(weights[key], key, source)
+        if array.shape != shape:
+            raise InputError(
+                f"{source}: {key} has shape {_shape_text(array.shape)}, expected {_shape_text(shape)} "
+                f"({context})"
+            )
+        arrays[key] = array
+    return arrays

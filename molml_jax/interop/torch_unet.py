@@ -32,7 +32,9 @@ import jax.numpy as jnp
 import numpy as np
 
 from molml_jax.errors import InputError
-from molml_jax.interop.torch_lstm import _shape_text, _strip_prefix, _to_numpy, read_state_dict
+from molml_jax.interop.torch_lstm import (
+    _checked_arrays, _named_weights, _shape_text, _strip_prefix, _to_numpy, read_state_dict,
+)
 
 LEVELS = 4
 _PREFIXES = tuple(f"{side}{i}." for side in ("down", "up") for i in range(1, LEVELS + 1)) + ("bridge.", "final_conv.")
@@ -89,17 +91,7 @@ def unet_variables_from_torch(state_dict: Mapping[str, Any], *, num_kernel: int 
       InputError (one line naming `source`): not a mapping, another model's state_dict,
       missing or unexpected keys, wrong shapes, non-float or non-finite values.
     """
-    if not isinstance(state_dict, Mapping):
-        raise InputError(
-            f"{source}: expected a state_dict (a mapping of parameter names to tensors), "
-            f"got {type(state_dict).__name__}")
-    weights: dict[str, Any] = {}
-    for key, value in state_dict.items():
-        if not isinstance(key, str):
-            raise InputError(f"{source}: state_dict key {key!r} is not a string")
-        if key.endswith("num_batches_tracked"):
-            continue
-        weights[_strip_prefix(key)] = value
+    weights = _named_weights(state_dict, source, skip_suffix="num_batches_tracked")
 
     if not any(k.startswith(_PREFIXES) for k in weights):
         sample = ", ".join(sorted(weights)[:4]) or "no keys at all"
@@ -125,14 +117,7 @@ def unet_variables_from_torch(state_dict: Mapping[str, Any], *, num_kernel: int 
     unexpected = sorted(key for key in weights if key not in shapes)
     if unexpected:
         raise InputError(f"{source}: unexpected key {unexpected[0]}{_more(unexpected)}")
-    arrays = {}
-    for key, shape in shapes.items():
-        array = _to_numpy(weights[key], key, source)
-        if array.shape != shape:
-            raise InputError(
-                f"{source}: {key} has shape {_shape_text(array.shape)}, expected {_shape_text(shape)} "
-                f"(num_kernel {nk}, kernel {k})")
-        arrays[key] = array
+    arrays = _checked_arrays(weights, shapes, source, f"num_kernel {nk}, kernel {k}")
 
     def conv(prefix: str) -> dict:
         return {"kernel": jnp.asarray(arrays[f"{prefix}.weight"].transpose(2, 3, 1, 0)),
