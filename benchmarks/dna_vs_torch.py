@@ -80,8 +80,10 @@ def run(epochs: int, seed: int, devices: int = 1, torch_threads: int | None = No
         run_rng = np.asarray(jax.random.key_data(seed_keys(seed)[1]))
         n_train = None
 
-        def batch_order(epoch):
-            return epoch_order(run_rng, epoch, n_train)
+        def replay_jax_order(epoch):
+            return epoch_order(run_rng, epoch, n_train)  # n_train is set once the JAX run has loaded the data
+
+        batch_order = replay_jax_order
 
     with tempfile.TemporaryDirectory(prefix="dna_vs_torch_") as tmp:
         run_dir = Path(tmp) / "dna_jax"

@@ -28,12 +28,11 @@ import numpy as np
 
 from molml_jax.errors import InputError
 from molml_jax.interop.torch_lstm import (
-    _checked_arrays, _named_weights, _shape_text, _strip_prefix, _to_numpy, read_state_dict,
+    _checked_arrays, _named_weights, _shape_text, _to_numpy, read_state_dict,
 )
 
 INPUT_DIM = 4  # one-hot A, C, G, T
 _PREFIXES = ("initial_conv.", "initial_norm.", "res_blocks.", "final_conv.")
-_NESTED_KEYS = ("state_dict", "model_state_dict", "model")
 _BLOCK_KEY = re.compile(r"res_blocks\.(\d+)\.")
 
 
@@ -150,17 +149,6 @@ def cnn_config_from_params(params: Mapping[str, Any]) -> dict:
     return {"num_channels": kernel[2], "kernel_size": kernel[0],
             "num_blocks": sum(1 for k in params if k.startswith("block_")),
             "length": np.shape(params["initial_norm"]["scale"])[0]}
-
-
-def _unwrap(obj: Any) -> Any:
-    """The model's state_dict inside a training checkpoint such as {'model_state_dict': ...}."""
-    if isinstance(obj, Mapping) and not any(
-        isinstance(k, str) and _strip_prefix(k).startswith(_PREFIXES) for k in obj
-    ):
-        for name in _NESTED_KEYS:
-            if isinstance(obj.get(name), Mapping):
-                return obj[name]
-    return obj
 
 
 def load_torch_cnn_checkpoint(path: str | os.PathLike, *, num_blocks: int | None = None,

@@ -173,10 +173,9 @@ def lstm_params_from_torch(
 
 
 def _unwrap(obj: Any) -> Any:
-    """The model's state_dict inside a training checkpoint such as {'model_state_dict': ...}."""
-    if isinstance(obj, Mapping) and not any(
-        isinstance(k, str) and _strip_prefix(k).startswith(("lstm.", "mlp.")) for k in obj
-    ):
+    """The model's state_dict inside a training checkpoint such as {'model_state_dict': ...}
+    (a state_dict's own values are tensors, never mappings, so any model's works)."""
+    if isinstance(obj, Mapping):
         for name in _NESTED_KEYS:
             if isinstance(obj.get(name), Mapping):
                 return obj[name]

@@ -33,12 +33,11 @@ import numpy as np
 
 from molml_jax.errors import InputError
 from molml_jax.interop.torch_lstm import (
-    _checked_arrays, _named_weights, _shape_text, _strip_prefix, _to_numpy, read_state_dict,
+    _checked_arrays, _named_weights, _shape_text, _to_numpy, read_state_dict,
 )
 
 LEVELS = 4
 _PREFIXES = tuple(f"{side}{i}." for side in ("down", "up") for i in range(1, LEVELS + 1)) + ("bridge.", "final_conv.")
-_NESTED_KEYS = ("state_dict", "model_state_dict", "model")
 
 
 def _block_shapes(prefix: str, c_in: int, c_out: int, k: int) -> dict[str, tuple[int, ...]]:
@@ -155,17 +154,6 @@ def unet_config_from_variables(variables: Mapping[str, Any]) -> dict:
     return {"num_kernel": kernel[3], "kernel_size": kernel[0]}
 
 
-def _unwrap(obj: Any) -> Any:
-    """The model's state_dict inside a training checkpoint such as {'model_state_dict': ...}."""
-    if isinstance(obj, Mapping) and not any(
-        isinstance(k, str) and _strip_prefix(k).startswith(_PREFIXES) for k in obj
-    ):
-        for name in _NESTED_KEYS:
-            if isinstance(obj.get(name), Mapping):
-                return obj[name]
-    return obj
-
-
 def load_torch_unet_checkpoint(path: str | os.PathLike, *, num_kernel: int | None = None) -> dict:
     """Load a .pt file holding a U-Net state_dict and convert it (see `unet_variables_from_torch`).
 
@@ -174,4 +162,4 @@ def load_torch_unet_checkpoint(path: str | os.PathLike, *, num_kernel: int | Non
     Returns {'params', 'batch_stats'} of the Flax `UNet`. Raises InputError (one line naming
     the file) for a missing or unreadable file or another model's weights.
     """
-    return unet_variables_from_torch(_unwrap(read_state_dict(path)), num_kernel=num_kernel, source=str(path))
+    return unet_variables_from_torch(read_state_dict(path), num_kernel=num_kernel, source=str(path))

@@ -99,6 +99,11 @@ def build_model(config: SegmentationConfig, axis_name: str | None = None) -> UNe
     return UNet(num_kernel=config.num_kernel, kernel_size=config.kernel_size, axis_name=axis_name)
 
 
+def make_optimizer(lr: float) -> optax.GradientTransformation:
+    """Adam (torch defaults) with the rate as a state value."""
+    return optax.inject_hyperparams(optax.adam)(learning_rate=lr)
+
+
 def _metrics(logits, batch):
     """Per-image Dice and IoU at threshold 0.5 (both empty: 1)."""
     pred = logits > 0.0  # sigmoid(logit) > 0.5
@@ -147,7 +152,7 @@ def train_and_evaluate(config: SegmentationConfig, *, progress: bool = True) -> 
 
     model = build_model(config, axis_name=AXIS)
     task = make_task(model, config)
-    tx = optax.inject_hyperparams(optax.adam)(learning_rate=config.lr)
+    tx = make_optimizer(config.lr)
     engine = Engine(task, tx, batch_size=config.batch_size, devices=config.devices, driver=config.driver)
     # parameters are initialised outside pmap, with the same module minus the device axis
     state = create_train_state(build_model(config), tx, (data.images[:1],), config.seed)
@@ -180,7 +185,7 @@ def load_run(run_dir: str | Path, *, checkpoint: str = "best"):
     run_dir = Path(run_dir)
     config = stored_config(run_dir, PIPELINE, SegmentationConfig)
     model = build_model(config)
-    tx = optax.inject_hyperparams(optax.adam)(learning_rate=config.lr)
+    tx = make_optimizer(config.lr)
     template = jax.tree.map(np.asarray, create_train_state(model, tx, (np.zeros((1, 16, 16), np.float32),), 0))
     if not (run_dir / "checkpoints").is_dir():
         raise InputError(f"{run_dir}: no checkpoints folder (did training start?)")
