@@ -3,11 +3,14 @@
     python -m benchmarks.tf_binding_vs_torch --epochs 5 --windows 5000          # one rate, both frameworks
     python -m benchmarks.tf_binding_vs_torch --epochs 5 --sweep 1e-2,1e-3,1e-4  # + sweep timings
 
-Runs back to back in one process on the same simulated windows and split: the JAX pipeline
-(`molml_jax.pipelines.tf_binding.train_and_evaluate`, run folder in a temp dir), the
-PyTorch reference (`benchmarks.torch_tf_binding`), and with --sweep the JAX sweep with
---parallel vmap and sequential. Reports seconds per epoch (median after the first epoch,
-which includes compilation), the torch / JAX ratio, best validation loss and Pearson R.
+Runs in one process on the same simulated windows and split, alternating --repeats times
+(JAX, PyTorch, JAX, PyTorch, ...: this shared machine's speed drifts by 10-20% over a
+minute, so back-to-back blocks would measure the drift): the JAX pipeline
+(`molml_jax.pipelines.tf_binding.train_and_evaluate`, run folder in a temp dir, checkpoints
+included), the PyTorch reference (`benchmarks.torch_tf_binding`, no checkpoints), and with
+--sweep the JAX sweep with --parallel vmap and sequential. Reports seconds per epoch (the
+median over all repeats of the epochs after each run's first, which includes compilation),
+the torch / JAX ratio, and the first repeat's best validation loss and Pearson R.
 Writes benchmarks/results/tf_binding_vs_torch.{json,md} and tf_binding_loss_curves.png.
 """
 
@@ -26,13 +29,12 @@ from experiments._cli import keep_freed_memory, positive_int, use_cpu_devices
 RESULTS = Path(__file__).resolve().parent / "results"
 
 
-def _median_after_first(history):
-    times = [r["epoch_seconds"] for r in history[1:]] or [history[0]["epoch_seconds"]]
-    return statistics.median(times)
+def _after_first(history):
+    return [r["epoch_seconds"] for r in history[1:]] or [history[0]["epoch_seconds"]]
 
 
 def run(epochs: int, windows: int, lr: float, seed: int, devices: int, torch_threads: int | None,
-        sweep_rates: list[float] | None, results_dir: Path) -> dict:
+        sweep_rates: list[float] | None, results_dir: Path, repeats: int = 2) -> dict:
     import jax
     import pandas as pd
     import torch
@@ -44,28 +46,37 @@ def run(epochs: int, windows: int, lr: float, seed: int, devices: int, torch_thr
 
     config = tf.TFBindingConfig(simulate_windows=windows, epochs=epochs, lr=lr, seed=seed, devices=devices)
     data = tf.load_data(config)
-    with tempfile.TemporaryDirectory(prefix="tf_vs_torch_") as tmp:
+    jax_times, torch_times = [], []
+    for repeat in range(repeats):
+        with tempfile.TemporaryDirectory(prefix="tf_vs_torch_") as tmp:
+            began = time.perf_counter()
+            jax_summary = tf.train_and_evaluate(
+                tf.TFBindingConfig(**{**config.__dict__, "out": str(Path(tmp) / "jax")}), progress=False)
+            jax_run_wall = time.perf_counter() - began
+            jax_run_history = pd.read_csv(Path(tmp) / "jax" / "history.csv").to_dict("records")
         began = time.perf_counter()
-        summary = tf.train_and_evaluate(tf.TFBindingConfig(**{**config.__dict__, "out": str(Path(tmp) / "jax")}),
-                                        progress=False)
-        jax_wall = time.perf_counter() - began
-        jax_history = pd.read_csv(Path(tmp) / "jax" / "history.csv").to_dict("records")
-    began = time.perf_counter()
-    reference = run_torch_reference(data.x, data.y, data.split["train"], data.split["val"], lr=lr,
-                                    epochs=epochs, seed=seed, threads=torch_threads)
-    torch_wall = time.perf_counter() - began
-    reference.pop("model")
-    jax_epoch, torch_epoch = _median_after_first(jax_history), reference["median_epoch_seconds"]
+        torch_run = run_torch_reference(data.x, data.y, data.split["train"], data.split["val"], lr=lr,
+                                        epochs=epochs, seed=seed, threads=torch_threads)
+        torch_run_wall = time.perf_counter() - began
+        torch_run.pop("model")
+        jax_times += _after_first(jax_run_history)
+        torch_times += _after_first(torch_run["history"])
+        if repeat == 0:
+            summary, jax_history, jax_wall = jax_summary, jax_run_history, jax_run_wall
+            reference, torch_wall = torch_run, torch_run_wall
+    jax_epoch, torch_epoch = statistics.median(jax_times), statistics.median(torch_times)
     result = {
         "command": f"python -m benchmarks.tf_binding_vs_torch --epochs {epochs} --windows {windows} "
-                   f"--lr {lr:g} --seed {seed} --devices {devices}"
+                   f"--lr {lr:g} --seed {seed} --devices {devices} --repeats {repeats}"
                    + (f" --sweep {','.join(f'{r:g}' for r in sweep_rates)}" if sweep_rates else ""),
         "data": data.source, "n_train": len(data.split["train"]), "n_val": len(data.split["val"]),
-        "jax": {"median_epoch_seconds": jax_epoch, "compile_seconds": summary["compile_seconds"],
+        "repeats": repeats,
+        "jax": {"median_epoch_seconds": jax_epoch, "epoch_seconds": jax_times,
+                "compile_seconds": summary["compile_seconds"],
                 "wall_seconds": jax_wall, "best_val_loss": summary["best_val_loss"],
                 "best_val_pearson": summary["best_val_pearson"], "best_epoch": summary["best_epoch"],
                 "driver": summary["driver"], "devices": devices, "history": jax_history},
-        "torch": {"median_epoch_seconds": torch_epoch, "wall_seconds": torch_wall,
+        "torch": {"median_epoch_seconds": torch_epoch, "epoch_seconds": torch_times, "wall_seconds": torch_wall,
                   "best_val_loss": reference["best_val_loss"], "best_val_pearson": reference["best_val_pearson"],
                   "best_epoch": reference["best_epoch"], "threads": reference["threads"],
                   "history": reference["history"]},
@@ -99,7 +110,7 @@ def markdown(result: dict) -> str:
         "# TF-binding CNN: JAX vs PyTorch", "", f"`{result['command']}`", "",
         f"Data: {result['data']} ({result['n_train']} train, {result['n_val']} validation).", "",
         "| | JAX | PyTorch |", "|---|---|---|",
-        f"| seconds per epoch (median after the first) | {j['median_epoch_seconds']:.2f} | {t['median_epoch_seconds']:.2f} |",
+        f"| seconds per epoch (median of {len(j['epoch_seconds'])} epochs, {result['repeats']} alternating runs each) | {j['median_epoch_seconds']:.2f} | {t['median_epoch_seconds']:.2f} |",
         f"| compile seconds | {j['compile_seconds'] or 0:.1f} | - |",
         f"| best validation loss | {j['best_val_loss']:.4f} (epoch {j['best_epoch']}) | {t['best_val_loss']:.4f} (epoch {t['best_epoch']}) |",
         f"| best-epoch validation Pearson R | {j['best_val_pearson']:.4f} | {t['best_val_pearson']:.4f} |",
@@ -135,6 +146,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--devices", type=positive_int, default=1)
     parser.add_argument("--torch-threads", type=positive_int, default=None)
     parser.add_argument("--sweep", type=_rates, default=None, metavar="RATES")
+    parser.add_argument("--repeats", type=positive_int, default=2,
+                        help="alternating JAX / PyTorch runs whose epoch times are pooled (default 2)")
     parser.add_argument("--results-dir", type=Path, default=RESULTS)
     args = parser.parse_args(argv)
     use_cpu_devices(args.devices)
@@ -143,7 +156,7 @@ def main(argv: list[str] | None = None) -> None:
 
     with exit_on_user_error():
         result = run(args.epochs, args.windows, args.lr, args.seed, args.devices, args.torch_threads,
-                     args.sweep, args.results_dir)
+                     args.sweep, args.results_dir, args.repeats)
     print(markdown(result))
 
 

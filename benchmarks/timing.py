@@ -1,11 +1,26 @@
 """Interleaved step timing: every variant is timed in each round, so a noisy machine slows
-them alike and the ratios stay meaningful."""
+them alike and the ratios stay meaningful. And torch's thread count for one reference run."""
 
 from __future__ import annotations
 
+import contextlib
 import statistics
 import time
-from typing import Callable
+from typing import Callable, Iterator
+
+
+@contextlib.contextmanager
+def torch_num_threads(threads: int | None) -> Iterator[None]:
+    """torch.set_num_threads(threads) inside the block (None: torch's own), restored after."""
+    import torch
+
+    previous = torch.get_num_threads()
+    if threads is not None:
+        torch.set_num_threads(threads)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)
 
 
 def interleaved_step_ms(runners: dict[str, Callable[[], None]], *, rounds: int, steps: int,

@@ -24,6 +24,8 @@ import time
 from pathlib import Path
 
 import numpy as np
+
+from benchmarks.timing import torch_num_threads
 import torch
 from sklearn.metrics import roc_auc_score
 from torch import nn
@@ -136,10 +138,7 @@ def run_torch_reference(epochs: int, seed: int, hidden_dim: int = 16, batch_size
 
     if epochs < 1:
         raise ValueError(f"epochs must be at least 1, got {epochs}")
-    previous_threads = torch.get_num_threads()
-    if threads is not None:
-        torch.set_num_threads(threads)
-    try:
+    with torch_num_threads(threads):
         data = load_data(DNAConfig(seed=seed, hidden_dim=hidden_dim, batch_size=batch_size, lr=lr))
         if data.variable_length:
             raise ValueError("the torch reference handles one sequence length only (the course data)")
@@ -194,8 +193,6 @@ def run_torch_reference(epochs: int, seed: int, hidden_dim: int = 16, batch_size
             "n_test": len(parts["test"]),
             "model": model,
         }
-    finally:
-        torch.set_num_threads(previous_threads)
 
 
 def main(argv: list[str] | None = None) -> None:

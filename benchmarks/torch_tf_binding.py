@@ -29,7 +29,7 @@ from pathlib import Path
 
 import numpy as np
 
-from benchmarks.timing import interleaved_step_ms
+from benchmarks.timing import interleaved_step_ms, torch_num_threads
 from experiments._cli import keep_freed_memory
 import torch
 from torch import nn
@@ -209,10 +209,7 @@ def run_torch_reference(x: np.ndarray, y: np.ndarray, train_idx, val_idx, lr: fl
     train_idx, val_idx = np.asarray(train_idx), np.asarray(val_idx)
     if len(train_idx) == 0 or len(val_idx) == 0:
         raise ValueError("train_idx and val_idx must both be non-empty")
-    previous_threads = torch.get_num_threads()
-    if threads is not None:
-        torch.set_num_threads(threads)
-    try:
+    with torch_num_threads(threads):
         train_set = TFBindingDataset(x[train_idx], y[train_idx])
         val_set = TFBindingDataset(x[val_idx], y[val_idx])
         generator = torch.Generator().manual_seed(seed)
@@ -257,8 +254,6 @@ def run_torch_reference(x: np.ndarray, y: np.ndarray, train_idx, val_idx, lr: fl
             "n_val": len(val_set),
             "model": model,
         }
-    finally:
-        torch.set_num_threads(previous_threads)
 
 
 def random_data(n: int, length: int = LENGTH, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
@@ -291,9 +286,6 @@ def step_times(batch_size: int = 64, length: int = LENGTH, rounds: int = 5, step
     from molml_jax.models.cnn import BindingPredictorCNN as FlaxCNN
     from molml_jax.models.cnn import Dropout16, layer_norm_lc
 
-    previous_threads = torch.get_num_threads()
-    if torch_threads is not None:
-        torch.set_num_threads(torch_threads)
     rng = np.random.default_rng(seed)
     x = np.eye(4, dtype=np.float32)[rng.integers(0, 4, size=(batch_size, length))]
     y = rng.standard_normal((batch_size, length)).astype(np.float32)
@@ -372,11 +364,9 @@ def step_times(batch_size: int = 64, length: int = LENGTH, rounds: int = 5, step
         loss.item()
     runners["torch"] = torch_step
 
-    try:
+    with torch_num_threads(torch_threads):  # only the timed steps run with them
         return {"batch_size": batch_size, "length": length, "torch_threads": torch.get_num_threads(),
                 **interleaved_step_ms(runners, rounds=rounds, steps=steps, warmup=3)}
-    finally:
-        torch.set_num_threads(previous_threads)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -3,6 +3,7 @@
     python -m experiments.segmentation                       # train on the bundled course images (20 epochs)
     python -m experiments.segmentation --data my_pairs/ --image-tag raw --mask-tag label --out runs/mine
     python -m experiments.segmentation predict --checkpoint runs/segmentation --input images/ --output masks/
+    python -m experiments.segmentation synthesize --out data/synthetic_nuclei --n 200 --size 128
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from experiments._cli import (
     keep_freed_memory, parse_with_default_command, positive_float, positive_int, use_cpu_devices,
 )
 
-COMMANDS = {"train", "predict"}
+COMMANDS = {"train", "predict", "synthesize"}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -43,6 +44,13 @@ def build_parser() -> argparse.ArgumentParser:
     pred.add_argument("--checkpoint", required=True, metavar="RUN")
     pred.add_argument("--input", required=True, help="an image file or a folder of images")
     pred.add_argument("--output", required=True, help="folder for the mask PNGs (same stems)")
+    synth = sub.add_parser("synthesize", help="write synthetic nucleus image/mask PNG pairs (a second dataset)")
+    synth.add_argument("--out", required=True, help="folder to write the pairs into")
+    synth.add_argument("--n", type=positive_int, default=200, help="number of pairs (default 200)")
+    synth.add_argument("--size", type=positive_int, default=128, help="height = width in pixels (default 128)")
+    synth.add_argument("--seed", type=int, default=0)
+    synth.add_argument("--image-tag", default="img")
+    synth.add_argument("--mask-tag", default="label")
     return parser
 
 
@@ -51,11 +59,20 @@ def main(argv: list[str] | None = None) -> None:
     if args.command == "train":
         use_cpu_devices(args.devices)
     keep_freed_memory()  # before JAX starts: see experiments/_cli.py
-    from molml_jax.errors import exit_on_user_error
+    from molml_jax.errors import InputError, exit_on_user_error
     from molml_jax.pipelines import segmentation as seg
 
     with exit_on_user_error():
-        if args.command == "train":
+        if args.command == "synthesize":
+            from molml_jax.data.synthetic_nuclei import write_synthetic_nuclei
+
+            try:
+                folder = write_synthetic_nuclei(args.out, args.n, args.size, args.seed,
+                                                image_tag=args.image_tag, mask_tag=args.mask_tag)
+            except (ValueError, OSError) as err:  # bad settings, or an unwritable --out
+                raise InputError(f"{args.out}: cannot synthesize: {err}") from None
+            print(f"wrote {args.n} pairs *_{args.image_tag}.png + *_{args.mask_tag}.png to {folder}")
+        elif args.command == "train":
             config = seg.SegmentationConfig(
                 data=args.data, image_tag=args.image_tag, mask_tag=args.mask_tag,
                 resize=tuple(args.resize) if args.resize else None, binarize_masks=args.binarize_masks,

@@ -4,6 +4,7 @@ vmapped sweep = sequential sweep, devices, CLI errors."""
 import json
 import subprocess
 import sys
+import types
 
 import numpy as np
 import pandas as pd
@@ -93,3 +94,51 @@ def test_cli_simulate_then_train_from_files_and_bad_input(tmp_path):
         assert not (tmp_path / "never").exists()
     proc = _cli("sweep", "--lrs", "1e-2,abc", "--out", tmp_path / "never")
     assert proc.returncode == 2 and "comma-separated" in proc.stderr
+
+
+class _RecordingWandb:
+    """Stands in for the wandb module: records what a sweep logs."""
+
+    def __init__(self):
+        self.runs = []
+
+    def init(self, **kwargs):
+        run = types.SimpleNamespace(init=kwargs, logged=[], summary={}, finished=False)
+        run.log = lambda values, step: run.logged.append((step, values))
+        run.finish = lambda: setattr(run, "finished", True)
+        self.runs.append(run)
+        return run
+
+
+def test_sweep_logs_config_metrics_and_summary_per_configuration(tmp_path, monkeypatch):
+    fake = _RecordingWandb()
+    monkeypatch.setitem(sys.modules, "wandb", fake)
+    result = tf.sweep(_config(tmp_path / "s", epochs=2), [1e-2, 1e-3], parallel="sequential", progress=False,
+                      wandb=True)
+    assert [run.init["config"]["lr"] for run in fake.runs] == [1e-2, 1e-3]
+    for run, row, history in zip(fake.runs, result["rows"], result["histories"]):
+        assert run.finished and run.init["mode"] == "offline" and run.init["dir"] == str(tmp_path / "s")
+        assert run.init["config"]["simulate_windows"] == TINY["simulate_windows"]
+        assert [step for step, _ in run.logged] == [r["epoch"] for r in history] == [1, 2]
+        assert run.logged[-1][1]["val_loss"] == history[-1]["val_loss"] and "val_pearson" in run.logged[0][1]
+        assert run.summary["best_val_loss"] == row["best_val_loss"]
+
+
+def test_sweep_with_real_wandb_offline_writes_one_run_per_configuration(tmp_path, monkeypatch):
+    pytest.importorskip("wandb")  # installed by the test extra
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    monkeypatch.delenv("WANDB_MODE", raising=False)  # offline is the default: no network, no account
+    out = tmp_path / "sweep"
+    tf.sweep(_config(out, epochs=2), [1e-2, 1e-3], parallel="sequential", progress=False, wandb=True)
+    runs = sorted((out / "wandb").glob("offline-run-*"))
+    assert len(runs) == 2
+    for run in runs:
+        (records,) = run.glob("run-*.wandb")
+        assert records.stat().st_size > 1000  # config, 2 history rows and the summary
+
+
+def test_wandb_missing_is_one_clear_error(tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "wandb", None)  # import wandb raises ImportError
+    with pytest.raises(tf.InputError, match=r"--wandb needs the wandb package"):
+        tf.sweep(_config(tmp_path / "s", epochs=1), [1e-2], parallel="sequential", progress=False, wandb=True)
+    assert not (tmp_path / "s").exists()  # refused before anything was trained or written

@@ -119,6 +119,9 @@ def test_ported_weights_match_torch_in_eval(torch_model):
     for subpixel in (True, False):
         logits = apply_eval(variables, x, subpixel)
         np.testing.assert_allclose(jax.nn.sigmoid(logits), expected, atol=1e-4)
+        clear = np.abs(expected - 0.5) > 1e-4  # the same masks wherever 0.5 is not within rounding
+        assert clear.mean() > 0.99
+        np.testing.assert_array_equal((np.asarray(logits) > 0)[clear], (expected > 0.5)[clear])
 
 
 def test_train_mode_matches_torch_and_updates_batch_stats(torch_model):
@@ -189,11 +192,47 @@ def test_masked_batch_norm_equals_flax_and_sums_over_devices():
 
 
 def test_dice_loss():
+    """Per image (rows here), then the batch mean; the reference's and the pipeline's agree."""
+    from molml_jax.train.segmentation_metrics import dice_loss_jax
+
     p = torch.tensor([[0.9, 0.1], [0.8, 0.0]])
     t = torch.tensor([[1.0, 0.0], [1.0, 0.0]])
-    expected = 1 - (2 * (0.9 + 0.8) + 1) / (1.8 + 2 + 1)
+    expected = ((1 - (2 * 0.9 + 1) / (1.0 + 1 + 1)) + (1 - (2 * 0.8 + 1) / (0.8 + 1 + 1))) / 2
     assert dice_loss(p, t).item() == pytest.approx(expected, rel=1e-6)
+    assert float(jnp.mean(dice_loss_jax(jnp.asarray(p.numpy()), jnp.asarray(t.numpy())))) == pytest.approx(expected, rel=1e-6)
     assert dice_loss(torch.zeros(2, 2), torch.zeros(2, 2)).item() == 0.0
+
+
+def test_reference_rotation_equals_the_pipeline_rotation():
+    """The torch reference's per-example rotation (grid_sample) and molml_jax's (gathers)."""
+    from benchmarks.torch_segmentation import rotate as torch_rotate
+    from molml_jax.data.augment import rotate
+
+    x = np.random.default_rng(5).random((3, 24, 24), dtype=np.float32)
+    angles = np.array([33.0, -100.0, 171.5], np.float32)
+    for mode in ("bilinear", "nearest"):
+        expected = torch_rotate(torch.from_numpy(x[:, None]), torch.from_numpy(angles), mode)[:, 0].numpy()
+        got = np.asarray(rotate(jnp.asarray(x), jnp.asarray(angles), mode))
+        if mode == "bilinear":
+            np.testing.assert_allclose(got, expected, atol=3e-5)
+        else:  # identical but for exact half-way ties
+            assert np.mean(np.abs(got - expected) > 1e-6) < 0.01
+
+
+def test_torch_reference_trains_and_tests_on_a_split():
+    from benchmarks.torch_segmentation import run_torch_reference
+
+    rng = np.random.default_rng(0)
+    masks = (rng.random((10, 16, 16)) > 0.6).astype(np.float32)
+    images = np.clip(masks * 0.6 + rng.normal(0.2, 0.1, masks.shape), 0, 1).astype(np.float32)
+    split = {"train": np.arange(6), "val": np.arange(6, 8), "test": np.arange(8, 10)}
+    out = run_torch_reference(images, masks, split, epochs=2, seed=0, threads=1)
+    assert [row["epoch"] for row in out["history"]] == [1, 2]
+    assert out["best_epoch"] in (1, 2) and out["test_probabilities"].shape == (2, 16, 16)
+    for key in ("test_dice", "test_iou", "test_map"):
+        assert 0.0 <= out[key] <= 1.0
+    again = run_torch_reference(images, masks, split, epochs=2, seed=0, threads=1)
+    assert again["history"][-1]["train_loss"] == out["history"][-1]["train_loss"]  # seeded
 
 
 def test_converter_errors(torch_model, tmp_path):

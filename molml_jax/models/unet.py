@@ -61,6 +61,24 @@ The gradient of a stride-2 transposed convolution is an lhs-dilated convolution,
 XLA:CPU; the sub-pixel form's gradients are ordinary convolutions. Packing the four phases
 into one 2x2 convolution with 4 * c_out outputs (zero taps) then a depth-to-space reshape
 measured the same (155 ms), so the four small convolutions stay.
+
+What is left of the gap to PyTorch is the 3x3 convolutions themselves: XLA:CPU's (Eigen)
+against torch's oneDNN, per layer at batch 4 (ms; forward / input grad / weight grad
+for JAX, forward + backward for torch):
+
+    conv          JAX fwd   dx     dw     sum     torch
+    8->8 @256      4.8     4.7    8.8    18.2     12.5
+    16->16 @128    1.7     1.7    3.0     6.3      4.1
+    32->32 @64     1.4     1.5    2.7     5.7      3.7
+    64->64 @32     1.6     1.6    2.0     5.2      2.6
+
+Tried and dropped (all slower, or within noise): the weight gradient as shifted-slice
+einsums, as a 3x or 9x channel-stacked (im2col) GEMM, or as row GEMMs (1.0-3.4x XLA's);
+the first layer (1 input channel) as im2col or shifted multiply-adds (forward 0.4 vs 4.6
+ms, but no gain once differentiated); XLA flags --xla_cpu_use_onednn (189 ms per step),
+--xla_cpu_experimental_ynn_fusion_type=individual_convolution (227 ms), XNN graph fusion
+(171 ms), against 157 ms with the defaults; two forced CPU devices (one image pair each
+per core: 13.0 vs 11.1 s per epoch). A C++ FFI call into oneDNN would close the gap.
 """
 
 from __future__ import annotations

@@ -276,6 +276,8 @@ def sweep(config: TFBindingConfig, lrs, *, seeds: int = 1, parallel: str = "auto
     if seeds < 1:
         raise InputError(f"--seeds must be at least 1, not {seeds}")
     mode = resolve_parallel(parallel)
+    if wandb:
+        _wandb_module()  # fails before training, not after it
     data = load_data(config)
     out = Path(config.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -351,14 +353,19 @@ def _write_sweep(out: Path, result: dict, runs) -> None:
     plot_sweep_curves(dict(zip(labels, result["histories"])), out / "sweep_curves.png")
 
 
-def _log_wandb(out: Path, config, runs, histories, rows) -> None:
-    """One wandb run per configuration (offline unless WANDB_MODE says otherwise)."""
-    import os
-
+def _wandb_module():
     try:
         import wandb
     except ImportError:
         raise InputError("--wandb needs the wandb package: pip install 'molml-jax[tracking]'") from None
+    return wandb
+
+
+def _log_wandb(out: Path, config, runs, histories, rows) -> None:
+    """One wandb run per configuration (offline unless WANDB_MODE says otherwise)."""
+    import os
+
+    wandb = _wandb_module()
     for (lr, s), history, row in zip(runs, histories, rows):
         run = wandb.init(project="molml-jax-tf-binding", dir=str(out), reinit=True,
                          mode=os.environ.get("WANDB_MODE", "offline"),

@@ -25,9 +25,10 @@ class FitConfig:
     plateau: reduce-on-plateau on the validation loss, or None for a constant rate.
     early_stopping_patience: stop after this many epochs without a lower validation loss.
     checkpoint_every: save every N epochs (and at the end, and before a divergence error):
-      `latest`, and `best` if the validation loss improved since the last save. Saving is
-      asynchronous, but on a 2-core machine a save every 0.3 s epoch costs ~15% of the
-      epoch; a run interrupted between saves resumes from the last one."""
+      `latest`, and `best` once a later epoch replaces a best `latest` (see checkpoint.py).
+      Saving is asynchronous, but on a 2-core machine a save (~80 ms of CPU for the CNN's
+      state) every 0.3 s DNA epoch costs ~15% of the epoch; a run interrupted between
+      saves resumes from the last one."""
 
     epochs: int
     plateau: PlateauConfig | None = None
@@ -68,24 +69,27 @@ def fit(engine: Engine, state: TrainState, train: DeviceData, val: DeviceData, c
     plateau = PlateauState.start(float(learning_rate(state.opt_state))) if config.plateau else None
     resumed_from = checkpoints.epoch("latest")
     if resumed_from is not None:
-        state, meta = checkpoints.restore("latest", state, expect_model=model_id)
-        history = meta["history"]
-        best_val, best_epoch, bad_epochs = meta["best_val_loss"], meta["best_epoch"], meta["bad_epochs"]
-        start, stopped = meta["epoch"], meta["stopped_early"]
-        if config.plateau and meta.get("plateau"):
-            plateau = PlateauState.from_json(meta["plateau"])
+        state, stored = checkpoints.restore("latest", state, expect_model=model_id)
+        history = stored["history"]
+        best_val, best_epoch, bad_epochs = stored["best_val_loss"], stored["best_epoch"], stored["bad_epochs"]
+        start, stopped = stored["epoch"], stored["stopped_early"]
+        if config.plateau and stored.get("plateau"):
+            plateau = PlateauState.from_json(stored["plateau"])
         write_history(run_dir / "history.csv", history)
+    # (epoch, host state) and meta of a best epoch not yet written to `best`
+    best_unsaved, best_meta = None, None
+    if resumed_from is not None and best_epoch == resumed_from != checkpoints.stored_epoch("best"):
+        best_unsaved, best_meta = (resumed_from, state), stored
 
     def meta(epoch: int) -> dict:
         return {
-            "model": model_id, "epoch": epoch, "history": history, "best_val_loss": best_val,
+            "model": model_id, "epoch": epoch, "history": list(history), "best_val_loss": best_val,
             "best_epoch": best_epoch, "bad_epochs": bad_epochs, "stopped_early": stopped,
             "plateau": plateau.to_json() if plateau else None,
         }
 
     replicated = engine.replicate(state)
     first_seconds = None
-    best_unsaved, best_meta = None, None  # (epoch, host state) and meta of a new best not yet written
     bar = tqdm(total=config.epochs, initial=start, desc=run_dir.name, unit="epoch",
                disable=not config.progress, dynamic_ncols=True)
     try:
@@ -132,7 +136,8 @@ def fit(engine: Engine, state: TrainState, train: DeviceData, val: DeviceData, c
             if improved:
                 best_unsaved, best_meta = (epoch, engine.unreplicate(replicated)), meta(epoch)
             if last or epoch % config.checkpoint_every == 0:
-                if best_unsaved is not None:
+                # a best epoch saved as `latest` is its own `best` until latest moves on
+                if best_unsaved is not None and (last or best_unsaved[0] != epoch):
                     checkpoints.save("best", best_unsaved[0], best_unsaved[1], best_meta)
                     best_unsaved = None
                 checkpoints.save("latest", epoch, engine.unreplicate(replicated), meta(epoch))

@@ -1,0 +1,171 @@
+"""Nucleus segmentation: the JAX pipeline vs the course's PyTorch code, same split and seed.
+
+    python -m benchmarks.segmentation_vs_torch                 # 20 epochs on the course data, seed 0
+    python -m benchmarks.segmentation_vs_torch --seeds 0,1,2   # three seeds: split, init and batches
+    python -m benchmarks.segmentation_vs_torch --epochs 3      # a quick look
+
+Runs in one process on the same images and the same 70/10/20 split (the JAX pipeline's
+`load_data`): the JAX pipeline (`molml_jax.pipelines.segmentation.train_and_evaluate`, run
+folder in a temp dir, checkpoints included) and the PyTorch reference
+(`benchmarks.torch_segmentation.run_torch_reference`, no checkpoints), each testing the
+weights of its lowest-validation-loss epoch. With several seeds (each its own split,
+initialisation and batch order, the same for both frameworks) the runs alternate JAX,
+PyTorch, JAX, ... Reports seconds per epoch (median over all runs of the epochs after each
+run's first, which includes compilation) and their ratio, test Dice / IoU / DSB-2018 mAP
+per seed and their means, and plots the first seed's loss curves of both in one PNG. Writes benchmarks/results/segmentation_vs_torch.{json,md}
+and segmentation_loss_curves.png.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+from experiments._cli import keep_freed_memory, positive_int, use_cpu_devices
+
+RESULTS = Path(__file__).resolve().parent / "results"
+REPO = Path(__file__).resolve().parent.parent
+
+
+def _shown(path: str) -> str:
+    """A data path as results files show it: repo-relative when inside the repository."""
+    try:
+        return str(Path(path).resolve().relative_to(REPO))
+    except ValueError:
+        return Path(path).name
+
+
+def _one_seed(seed: int, epochs: int, devices: int, torch_threads: int | None) -> tuple[dict, dict]:
+    """(JAX result, PyTorch result) of one seed: test metrics, best epoch, history."""
+    import pandas as pd
+
+    from benchmarks.torch_segmentation import run_torch_reference
+    from molml_jax.pipelines import segmentation as seg
+
+    config = seg.SegmentationConfig(epochs=epochs, seed=seed, devices=devices)
+    data = seg.load_data(config)
+    with tempfile.TemporaryDirectory(prefix="seg_vs_torch_") as tmp:
+        began = time.perf_counter()
+        summary = seg.train_and_evaluate(seg.SegmentationConfig(**{**config.__dict__, "out": str(Path(tmp) / "jax")}),
+                                         progress=False)
+        jax_wall = time.perf_counter() - began
+        history = pd.read_csv(Path(tmp) / "jax" / "history.csv").to_dict("records")
+    jax_result = {"seed": seed, "wall_seconds": jax_wall, "compile_seconds": summary["compile_seconds"],
+                  "driver": summary["driver"], "history": history,
+                  **{k: summary[k] for k in ("best_epoch", "best_val_loss", "test_dice", "test_iou", "test_map")}}
+    began = time.perf_counter()
+    reference = run_torch_reference(data.images, data.masks, data.split, epochs=epochs, lr=config.lr,
+                                    batch_size=config.batch_size, rotation=config.rotation, seed=seed,
+                                    threads=torch_threads)
+    torch_result = {"seed": seed, "wall_seconds": time.perf_counter() - began, "threads": reference["threads"],
+                    "history": reference["history"],
+                    **{k: reference[k] for k in ("best_epoch", "best_val_loss", "test_dice", "test_iou", "test_map")}}
+    info = {"data": _shown(data.source), "n_train": len(data.split["train"]), "n_val": len(data.split["val"]),
+            "n_test": len(data.split["test"]), "image_shape": list(data.images.shape[1:])}
+    return {**jax_result, **info}, torch_result
+
+
+def _after_first(history):
+    return [r["epoch_seconds"] for r in history[1:]] or [history[0]["epoch_seconds"]]
+
+
+def run(epochs: int, seeds: list[int], devices: int, torch_threads: int | None, results_dir: Path) -> dict:
+    import jax
+    import numpy as np
+    import torch
+
+    from molml_jax.plots import plot_curve_comparison
+    from molml_jax.train.run_folder import write_json
+
+    runs = [_one_seed(seed, epochs, devices, torch_threads) for seed in seeds]
+    jax_runs, torch_runs = [r[0] for r in runs], [r[1] for r in runs]
+    jax_times = [t for r in jax_runs for t in _after_first(r["history"])]
+    torch_times = [t for r in torch_runs for t in _after_first(r["history"])]
+    jax_epoch, torch_epoch = statistics.median(jax_times), statistics.median(torch_times)
+    mean = lambda rs, k: float(np.mean([r[k] for r in rs]))
+    first = jax_runs[0]
+    result = {
+        "command": f"python -m benchmarks.segmentation_vs_torch --epochs {epochs} "
+                   f"--seeds {','.join(map(str, seeds))} --devices {devices}",
+        **{k: first[k] for k in ("data", "n_train", "n_val", "n_test", "image_shape")},
+        "jax": {"median_epoch_seconds": jax_epoch, "epoch_seconds": jax_times, "devices": devices,
+                "driver": first["driver"], "compile_seconds": first["compile_seconds"],
+                **{f"mean_{k}": mean(jax_runs, k) for k in ("test_dice", "test_iou", "test_map")},
+                "runs": jax_runs},
+        "torch": {"median_epoch_seconds": torch_epoch, "epoch_seconds": torch_times,
+                  "threads": torch_runs[0]["threads"],
+                  **{f"mean_{k}": mean(torch_runs, k) for k in ("test_dice", "test_iou", "test_map")},
+                  "runs": torch_runs},
+        "speedup_torch_over_jax": torch_epoch / jax_epoch,
+        "machine": {"backend": jax.default_backend(), "device_kind": jax.devices()[0].device_kind,
+                    "jax_version": jax.__version__, "torch_version": torch.__version__,
+                    "python": platform.python_version(), "cpu_count": os.cpu_count()},
+    }
+    results_dir.mkdir(parents=True, exist_ok=True)
+    write_json(results_dir / "segmentation_vs_torch.json", result)
+    (results_dir / "segmentation_vs_torch.md").write_text(markdown(result))
+    plot_curve_comparison({"JAX": first["history"], "PyTorch": torch_runs[0]["history"]},
+                          results_dir / "segmentation_loss_curves.png",
+                          title=f"U-Net, Dice loss, seed {seeds[0]}: test Dice JAX {first['test_dice']:.3f}, "
+                                f"PyTorch {torch_runs[0]['test_dice']:.3f}")
+    return result
+
+
+def markdown(result: dict) -> str:
+    j, t, m = result["jax"], result["torch"], result["machine"]
+    h, w = result["image_shape"]
+    lines = [
+        "# Nucleus segmentation U-Net: JAX vs PyTorch", "", f"`{result['command']}`", "",
+        f"Data: {result['data']}, {h}x{w} images ({result['n_train']} train, {result['n_val']} validation, "
+        f"{result['n_test']} test for seed {j['runs'][0]['seed']}; each seed's split is the same for both).", "",
+        "| seed | best epoch JAX / PyTorch | test Dice JAX | test Dice PyTorch | test IoU JAX | test IoU PyTorch "
+        "| DSB mAP JAX | DSB mAP PyTorch |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for a, b in zip(j["runs"], t["runs"]):
+        lines.append(f"| {a['seed']} | {a['best_epoch']} / {b['best_epoch']} | {a['test_dice']:.4f} | "
+                     f"{b['test_dice']:.4f} | {a['test_iou']:.4f} | {b['test_iou']:.4f} | {a['test_map']:.4f} | "
+                     f"{b['test_map']:.4f} |")
+    if len(j["runs"]) > 1:
+        lines.append(f"| mean | | **{j['mean_test_dice']:.4f}** | **{t['mean_test_dice']:.4f}** | "
+                     f"{j['mean_test_iou']:.4f} | {t['mean_test_iou']:.4f} | {j['mean_test_map']:.4f} | "
+                     f"{t['mean_test_map']:.4f} |")
+    lines += [
+        "", "| | JAX | PyTorch |", "|---|---|---|",
+        f"| seconds per epoch (median of {len(j['epoch_seconds'])} epochs after each run's first) | "
+        f"{j['median_epoch_seconds']:.2f} | {t['median_epoch_seconds']:.2f} |",
+        f"| compile seconds | {j['compile_seconds'] or 0:.1f} | - |",
+        f"| parallelism | {j['devices']} device(s), {j['driver']} driver | {t['threads']} thread(s) |",
+        "", f"PyTorch / JAX time per epoch: **{result['speedup_torch_over_jax']:.2f}x**.", "",
+        f"Machine: {m['backend']} ({m['device_kind']}), {m['cpu_count']} CPUs; jax {m['jax_version']}, "
+        f"torch {m['torch_version']}.", "", "![loss curves](segmentation_loss_curves.png)", "",
+    ]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.segmentation_vs_torch", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--epochs", type=positive_int, default=20)
+    parser.add_argument("--seeds", type=lambda text: [int(v) for v in text.split(",") if v.strip()],
+                        default=[0], help="comma-separated seeds (default 0)")
+    parser.add_argument("--devices", type=positive_int, default=1)
+    parser.add_argument("--torch-threads", type=positive_int, default=None)
+    parser.add_argument("--results-dir", type=Path, default=RESULTS)
+    args = parser.parse_args(argv)
+    use_cpu_devices(args.devices)
+    keep_freed_memory()  # both frameworks in this process benefit alike
+    from molml_jax.errors import exit_on_user_error
+
+    with exit_on_user_error():
+        result = run(args.epochs, args.seeds, args.devices, args.torch_threads, args.results_dir)
+    print(markdown(result))
+
+
+if __name__ == "__main__":
+    main()
