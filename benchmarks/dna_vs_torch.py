@@ -32,7 +32,7 @@ from pathlib import Path
 
 import numpy as np
 
-from experiments._cli import keep_freed_memory, positive_int, use_cpu_devices
+from experiments._cli import positive_int, prepare_process
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -225,8 +225,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--results-dir", type=Path, default=RESULTS,
                         help="where to write the JSON, markdown and figure (default: benchmarks/results)")
     args = parser.parse_args(argv)
-    use_cpu_devices(args.devices)
-    keep_freed_memory()  # before JAX starts; both frameworks in this process benefit alike
+    prepare_process(args.devices)  # before JAX starts; both frameworks in this process benefit alike
     from molml_jax.errors import exit_on_user_error
 
     with exit_on_user_error():

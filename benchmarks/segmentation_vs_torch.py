@@ -26,7 +26,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from experiments._cli import keep_freed_memory, positive_int, use_cpu_devices
+from experiments._cli import positive_int, prepare_process
 
 RESULTS = Path(__file__).resolve().parent / "results"
 REPO = Path(__file__).resolve().parent.parent
@@ -158,8 +158,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--torch-threads", type=positive_int, default=None)
     parser.add_argument("--results-dir", type=Path, default=RESULTS)
     args = parser.parse_args(argv)
-    use_cpu_devices(args.devices)
-    keep_freed_memory()  # both frameworks in this process benefit alike
+    prepare_process(args.devices)  # both frameworks in this process benefit alike
     from molml_jax.errors import exit_on_user_error
 
     with exit_on_user_error():

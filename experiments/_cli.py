@@ -62,3 +62,10 @@ def keep_freed_memory() -> bool:
     m_trim_threshold, m_top_pad, m_mmap_max, m_arena_max = -1, -2, -4, -8
     return all([mallopt(m_mmap_max, 0), mallopt(m_trim_threshold, 1 << 30),
                 mallopt(m_top_pad, 64 << 20), mallopt(m_arena_max, 1)])
+
+
+def prepare_process(devices: int = 1) -> None:
+    """What every launcher and benchmark does before JAX starts: `devices` forced CPU
+    devices (1: none forced) and glibc keeping freed memory (see keep_freed_memory)."""
+    use_cpu_devices(devices)
+    keep_freed_memory()

@@ -13,7 +13,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from experiments._cli import keep_freed_memory, parse_with_default_command, positive_float, positive_int, use_cpu_devices
+from experiments._cli import parse_with_default_command, positive_float, positive_int, prepare_process
 
 COMMANDS = {"train", "sweep", "simulate"}
 
@@ -82,9 +82,7 @@ def _config(args, **extra):
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_with_default_command(build_parser(), COMMANDS, "train", argv)
-    if args.command != "simulate":
-        use_cpu_devices(args.devices)
-    keep_freed_memory()  # before JAX starts: see experiments/_cli.py
+    prepare_process(args.devices if args.command != "simulate" else 1)
     from molml_jax.errors import exit_on_user_error
 
     with exit_on_user_error():

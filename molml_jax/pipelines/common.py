@@ -15,6 +15,8 @@ from molml_jax.train.run_folder import read_run_config
 
 # path-valued settings recorded as absolute paths (None: the pipeline's bundled default)
 PATH_FIELDS = ("data", "sequences", "scores")
+# settings a resumed run may change (every other setting must match the stored run)
+RESUMABLE = ("epochs", "devices", "driver", "checkpoint_every", "out", "early_stopping_patience")
 
 
 def config_record(config, pipeline: str) -> dict:
@@ -28,14 +30,14 @@ def config_record(config, pipeline: str) -> dict:
 
 
 def check_resumable(run_dir: Path, config, pipeline: str) -> None:
-    """Refuse a run folder that holds a run with other settings (config.RESUMABLE may change)."""
+    """Refuse a run folder that holds a run with other settings (those in RESUMABLE may change)."""
     if not (run_dir / "config.json").is_file():
         if (run_dir / "checkpoints").exists():
             raise InputError(f"{run_dir}: has checkpoints but no config.json; use another --out")
         return
     stored = read_run_config(run_dir, pipeline)
     new = config_record(config, pipeline)
-    changed = [k for k in new if k not in config.RESUMABLE and stored.get(k) != new[k]]
+    changed = [k for k in new if k not in RESUMABLE and stored.get(k) != new[k]]
     if changed:
         diffs = ", ".join(f"{k}={stored.get(k)!r} (now {new[k]!r})" for k in changed)
         raise InputError(f"{run_dir}: holds a run with other settings: {diffs}; use another --out")

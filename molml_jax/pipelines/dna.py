@@ -55,9 +55,6 @@ class DNAConfig:
     checkpoint_every: int = 10  # epochs between checkpoints (see FitConfig)
     out: str = "runs/dna"
 
-    # settings that may change when a run is resumed (the rest must match the stored run)
-    RESUMABLE = ("epochs", "devices", "driver", "checkpoint_every", "out", "early_stopping_patience")
-
     def model_id(self) -> str:
         return f"BiLSTMClassifier(hidden_dim={self.hidden_dim})"
 

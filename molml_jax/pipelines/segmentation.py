@@ -59,8 +59,6 @@ class SegmentationConfig:
     checkpoint_every: int = 1
     out: str = "runs/segmentation"
 
-    RESUMABLE = ("epochs", "devices", "driver", "checkpoint_every", "out", "early_stopping_patience")
-
     def model_id(self) -> str:
         return f"UNet(num_kernel={self.num_kernel}, kernel_size={self.kernel_size})"
 

@@ -59,8 +59,6 @@ class TFBindingConfig:
     checkpoint_every: int = 1
     out: str = "runs/tf_binding"
 
-    RESUMABLE = ("epochs", "devices", "driver", "checkpoint_every", "out", "early_stopping_patience")
-
     def model_id(self) -> str:
         return (f"BindingPredictorCNN(channels={self.num_channels}, blocks={self.num_blocks}, "
                 f"kernel={self.kernel_size})")
