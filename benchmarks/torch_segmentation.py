@@ -123,9 +123,14 @@ def dice_loss(pred, target):
     over the whole batch tensor, a literal reading, weight images by their nucleus area;
     the course's own solution is not available to confirm either.)
     """
+    return dice_loss_per_image(pred, target).mean()
+
+
+def dice_loss_per_image(pred, target):
+    """pred, target (B, ...) -> (B,): eq. (4) with the sums over each image's pixels."""
     dims = tuple(range(1, pred.ndim))
     intersection = (pred * target).sum(dims)
-    return (1.0 - (2.0 * intersection + 1.0) / (pred.sum(dims) + target.sum(dims) + 1.0)).mean()
+    return 1.0 - (2.0 * intersection + 1.0) / (pred.sum(dims) + target.sum(dims) + 1.0)
 
 
 def rotate(x, angles_deg, mode: str = "bilinear"):
@@ -146,38 +151,23 @@ def rotate(x, angles_deg, mode: str = "bilinear"):
                                            align_corners=False)
 
 
-def _dice_iou_at_half(prob, target):
-    """Per-image Dice and IoU of prob > 0.5 vs target > 0.5 (both empty: 1): (B,), (B,)."""
-    p, t = prob > 0.5, target > 0.5
-    dims = tuple(range(1, p.ndim))
-    inter = (p & t).sum(dims).double()
-    ps, ts = p.sum(dims).double(), t.sum(dims).double()
-    union = ps + ts - inter
-    dice = torch.where(ps + ts > 0, 2 * inter / (ps + ts).clamp(min=1), torch.ones_like(inter))
-    iou = torch.where(union > 0, inter / union.clamp(min=1), torch.ones_like(inter))
-    return dice, iou
-
-
 @torch.no_grad()
 def _evaluate(model, images, masks, batch_size: int):
-    """Eval mode over (N, H, W) arrays: mean per-image Dice loss, Dice and IoU at 0.5, and the
-    probabilities (N, H, W)."""
+    """Eval mode over (N, H, W) arrays: mean per-image Dice loss, Dice and IoU at 0.5 (the
+    project's `dice_and_iou`, as the JAX pipeline's test metrics), and the probabilities (N, H, W)."""
+    from molml_jax.train.segmentation_metrics import dice_and_iou
+
     model.eval()
-    losses, dices, ious, probs = [], [], [], []
+    losses, probs = [], []
     for start in range(0, len(images), batch_size):
         xb = torch.from_numpy(images[start:start + batch_size, None])
         yb = torch.from_numpy(masks[start:start + batch_size, None])
         prob = model(xb)
-        dims = (1, 2, 3)
-        inter = (prob * yb).sum(dims)
-        losses.append(1.0 - (2.0 * inter + 1.0) / (prob.sum(dims) + yb.sum(dims) + 1.0))
-        dice, iou = _dice_iou_at_half(prob, yb)
-        dices.append(dice)
-        ious.append(iou)
+        losses.append(dice_loss_per_image(prob, yb))
         probs.append(prob[:, 0])
-    cat = lambda parts: torch.cat(parts).double()
-    return (float(cat(losses).mean()), float(cat(dices).mean()), float(cat(ious).mean()),
-            torch.cat(probs).numpy())
+    prob = torch.cat(probs).numpy()
+    dice, iou = dice_and_iou(prob, masks)
+    return float(torch.cat(losses).double().mean()), float(dice.mean()), float(iou.mean()), prob
 
 
 def run_torch_reference(images: np.ndarray, masks: np.ndarray, split: dict, *, epochs: int = 20,
