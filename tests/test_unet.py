@@ -18,7 +18,8 @@ from benchmarks.torch_segmentation import UNet as TorchUNet  # noqa: E402
 from benchmarks.torch_segmentation import dice_loss  # noqa: E402
 from molml_jax.errors import InputError  # noqa: E402
 from molml_jax.interop import load_torch_unet_checkpoint, unet_config_from_variables, unet_variables_from_torch  # noqa: E402
-from molml_jax.models.unet import MaskedBatchNorm, UNet, conv_transpose_subpixel, flax_conv_transpose  # noqa: E402
+from molml_jax.models.unet import (  # noqa: E402
+    MaskedBatchNorm, UNet, conv_transpose_subpixel, flax_conv_transpose, max_pool_2x2)
 
 SIZE = 32
 
@@ -108,6 +109,25 @@ def test_subpixel_equals_torch_and_flax_conv_transpose():
     for g_sub, g_flax in zip(jax.grad(loss_subpixel, argnums=(0, 1, 2))(*args),
                              jax.grad(loss_flax, argnums=(0, 1, 2))(*args)):
         np.testing.assert_allclose(g_sub, g_flax, rtol=1e-5, atol=1e-4)
+
+
+def test_max_pool_values_and_tie_gradients_match_torch():
+    # ReLU zeros make whole 2x2 windows tie: the gradient must go where torch sends it
+    rng = np.random.default_rng(0)
+    x = np.maximum(rng.standard_normal((2, 6, 8, 3)), 0.0).astype(np.float32)
+    x[0, :2, :2, 0] = 1.5  # a window of four equal non-zero maxima
+    cotangent = rng.standard_normal((2, 3, 4, 3)).astype(np.float32)
+    xt = torch.from_numpy(x.transpose(0, 3, 1, 2)).requires_grad_()
+    pooled = torch.nn.functional.max_pool2d(xt, 2)
+    (pooled * torch.from_numpy(cotangent.transpose(0, 3, 1, 2))).sum().backward()
+    got, vjp = jax.vjp(max_pool_2x2, jnp.asarray(x))
+    np.testing.assert_array_equal(got, pooled.detach().numpy().transpose(0, 2, 3, 1))
+    (grad,) = vjp(jnp.asarray(cotangent))
+    np.testing.assert_array_equal(grad, xt.grad.numpy().transpose(0, 2, 3, 1))
+    assert float(grad[0, 0, 0, 0]) == cotangent[0, 0, 0, 0] and float(jnp.abs(grad[0, :2, :2, 0]).sum()) \
+        == abs(cotangent[0, 0, 0, 0])
+    flax_grad = jax.grad(lambda v: jnp.sum(nn.max_pool(v, (2, 2), strides=(2, 2)) * cotangent))(jnp.asarray(x))
+    np.testing.assert_array_equal(grad, flax_grad)
 
 
 def test_ported_weights_match_torch_in_eval(torch_model):

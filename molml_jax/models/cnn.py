@@ -38,7 +38,14 @@ ran, so +-10%; `python -m benchmarks.torch_tf_binding --step-times [--keep-freed
     im2col conv ((B*L, 3C) @ (3C, C) matmul)      102.6      59.0          67.4     36.6
     PyTorch 2.13 (oneDNN)                          71.9      49.1          33.2     33.6
 
-What was kept and why:
+Since then the convolutions run on oneDNN (`Conv1D` -> `models.conv.conv1d`, XLA FFI on
+CPU, XLA's on GPU): the same step, measured interleaved with PyTorch in one run, takes
+23.9-25.6 ms against PyTorch's 45.5-45.9 (and 52.7 vs 48.6 with MOLML_JAX_CONV=xla, in a
+slower hour of this shared machine). One k=3 32->32 conv at batch 64, forward + both
+gradients: XLA 8.5 ms, oneDNN 6.0; the 4-channel input conv 7.0 vs 3.3; the 1x1 conv 7.6
+vs 3.6.
+
+What was kept and why (measured before oneDNN):
 - convolution: nn.Conv (lax.conv_general_dilated, NWC). Expressing the k=3 conv as one
   GEMM over the three shifted copies concatenated on the channel axis was slower in every
   measurement: the GEMM is fast, but the concatenated copies (and the col2im sums of the
@@ -63,12 +70,15 @@ without that, through glibc's adaptive mmap threshold.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from functools import partial
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 from jax import lax
+
+from molml_jax.models.conv import conv1d
 
 INPUT_CHANNELS = 4  # one-hot A, C, G, T
 LAYER_NORM_EPS = 1e-5  # torch nn.LayerNorm's default (flax's is 1e-6)
@@ -182,12 +192,24 @@ class Dropout16(nn.Module):
 
 # ----- the model ------------------------------------------------------------------------
 
-def _conv(features: int, kernel_size: int, name: str, kernel_init=kaiming_normal_fan_out,
-          use_bias: bool = False) -> nn.Conv:
-    """torch Conv1d(padding=k // 2, stride 1) in NWC layout; kernel (k, in, out)."""
-    pad = kernel_size // 2
-    return nn.Conv(features, (kernel_size,), padding=[(pad, pad)], use_bias=use_bias,
-                   kernel_init=kernel_init, bias_init=nn.initializers.zeros, name=name)
+class Conv1D(nn.Module):
+    """torch Conv1d(c_in, features, k, padding=k // 2, stride 1) in NWC through `conv1d`
+    (oneDNN on CPU): (B, L, c_in) -> (B, L, features). Parameters as flax nn.Conv's: kernel
+    (k, c_in, features), and bias (features,) with use_bias."""
+
+    features: int
+    kernel_size: int
+    kernel_init: Callable = kaiming_normal_fan_out
+    use_bias: bool = False
+
+    @nn.compact
+    def __call__(self, x):
+        kernel = self.param("kernel", self.kernel_init, (self.kernel_size, x.shape[-1], self.features), jnp.float32)
+        pad = self.kernel_size // 2
+        y = conv1d(x, kernel, (pad, pad))
+        if self.use_bias:
+            y = y + self.param("bias", nn.initializers.zeros, (self.features,), jnp.float32)
+        return y
 
 
 class ResidualBlock(nn.Module):
@@ -202,10 +224,10 @@ class ResidualBlock(nn.Module):
     dropout_rate: float = 0.2
 
     def setup(self):
-        self.conv1 = _conv(self.num_channels, self.kernel_size, "conv1")
+        self.conv1 = Conv1D(self.num_channels, self.kernel_size, name="conv1")
         self.norm1 = LayerNormLC(name="norm1")
         self.dropout = Dropout16(self.dropout_rate, name="dropout")
-        self.conv2 = _conv(self.num_channels, self.kernel_size, "conv2")
+        self.conv2 = Conv1D(self.num_channels, self.kernel_size, name="conv2")
         self.norm2 = LayerNormLC(name="norm2")
 
     def __call__(self, x, train: bool = False, example_ids=None):
@@ -243,7 +265,7 @@ class BindingPredictorCNN(nn.Module):
             raise ValueError(f"need num_channels >= 1 and num_blocks >= 0, got {self.num_channels}, {self.num_blocks}")
         if not 0.0 <= self.dropout_rate < 1.0:
             raise ValueError(f"dropout_rate must be in [0, 1), got {self.dropout_rate}")
-        self.initial_conv = _conv(self.num_channels, self.kernel_size, "initial_conv")
+        self.initial_conv = Conv1D(self.num_channels, self.kernel_size, name="initial_conv")
         self.initial_norm = LayerNormLC(name="initial_norm")
         self.blocks = [
             ResidualBlock(self.num_channels, self.kernel_size, self.dropout_rate, name=f"block_{i}")
@@ -251,7 +273,7 @@ class BindingPredictorCNN(nn.Module):
         ]
         # the study: kaiming if out_channels == C (so when C == 1), else xavier_uniform
         final_init = kaiming_normal_fan_out if self.num_channels == 1 else xavier_uniform
-        self.final_conv = _conv(1, 1, "final_conv", kernel_init=final_init, use_bias=True)
+        self.final_conv = Conv1D(1, 1, kernel_init=final_init, use_bias=True, name="final_conv")
 
     def __call__(self, x, train: bool = False, example_ids=None):
         """x (B, L, 4) -> (B, L). example_ids (B,): per-example dropout masks (Dropout16)."""

@@ -50,35 +50,37 @@ Parameter tree (flax name -> torch name, see `molml_jax.interop.unet_variables_f
 The upsample kernel has flax nn.ConvTranspose(transpose_kernel=True)'s layout (kh, kw, out,
 in): `UNet(subpixel=False)` uses that flax layer itself with the same parameters.
 
-Speed (XLA:CPU, jax 0.10.2, shared 2-core machine with load ~2-2.7 from other jobs, so
-+-10%; one Adam train step, batch 4, 256x256, Dice loss, BatchNorm statistics updated;
-glibc keeping freed memory; `python -m benchmarks.torch_segmentation --step-times`):
+Speed (CPU, jax 0.10.2, the shared 2-core test machine, +-10-20% from other jobs; one Adam
+train step, batch 4, 256x256, Dice loss, BatchNorm statistics updated; glibc keeping freed
+memory; `python -m benchmarks.torch_segmentation --step-times`, each row's JAX and PyTorch
+times from the same interleaved run):
 
-    ms per step       sub-pixel [chosen]    flax nn.ConvTranspose    PyTorch 2.13 (2 threads)
-                            155                     240                      117
+    ms per step                                          molml-jax   PyTorch 2.13 (2 threads)
+    XLA convolutions, flax max_pool                         163            112
+    oneDNN convolutions (`models.conv.conv2d`)              105            141
+    oneDNN convolutions + `max_pool_2x2`  [chosen]           94            143
+    (flax nn.ConvTranspose instead of the sub-pixel form: 196-245 in the same runs)
 
-The gradient of a stride-2 transposed convolution is an lhs-dilated convolution, slow on
-XLA:CPU; the sub-pixel form's gradients are ordinary convolutions. Packing the four phases
-into one 2x2 convolution with 4 * c_out outputs (zero taps) then a depth-to-space reshape
-measured the same (155 ms), so the four small convolutions stay.
+What made the difference, in order:
+- Convolutions: XLA:CPU's (Eigen) 3x3 convolutions with few channels on large images are
+  slow, their gradients most (ms at batch 4, forward + input grad + weight grad):
+  8->8 @256: XLA 18.2, PyTorch 12.5, oneDNN 5.8; 16->16 @128: 6.3, 4.1, 2.7; 32->32 @64:
+  5.7, 3.7, 2.2. `conv2d` calls oneDNN's JIT kernels through XLA FFI (forward, backward-data,
+  backward-weights; NHWC activations as they are, only the kernel reordered to oneDNN's
+  blocked layout, which is what selects its fast backward kernels) on CPU, XLA's on GPU.
+- The 2x2 max-pool's gradient: XLA's select-and-scatter takes 32.5 ms at 4x256x256x8;
+  `max_pool_2x2` computes the same gradient (first maximum of each window, as torch) with
+  elementwise selects in 6.4 ms.
+- The transposed convolutions: the gradient of a stride-2 transposed convolution is an
+  lhs-dilated convolution, slow on XLA:CPU; the sub-pixel form's gradients are ordinary
+  (oneDNN) convolutions. (Before oneDNN, packing the four phases into one 2x2 convolution
+  with 4 * c_out outputs measured the same, so the four small convolutions stay.)
 
-What is left of the gap to PyTorch is the 3x3 convolutions themselves: XLA:CPU's (Eigen)
-against torch's oneDNN, per layer at batch 4 (ms; forward / input grad / weight grad
-for JAX, forward + backward for torch):
-
-    conv          JAX fwd   dx     dw     sum     torch
-    8->8 @256      4.8     4.7    8.8    18.2     12.5
-    16->16 @128    1.7     1.7    3.0     6.3      4.1
-    32->32 @64     1.4     1.5    2.7     5.7      3.7
-    64->64 @32     1.6     1.6    2.0     5.2      2.6
-
-Tried and dropped (all slower, or within noise): the weight gradient as shifted-slice
-einsums, as a 3x or 9x channel-stacked (im2col) GEMM, or as row GEMMs (1.0-3.4x XLA's);
-the first layer (1 input channel) as im2col or shifted multiply-adds (forward 0.4 vs 4.6
-ms, but no gain once differentiated); XLA flags --xla_cpu_use_onednn (189 ms per step),
---xla_cpu_experimental_ynn_fusion_type=individual_convolution (227 ms), XNN graph fusion
-(171 ms), against 157 ms with the defaults; two forced CPU devices (one image pair each
-per core: 13.0 vs 11.1 s per epoch). A C++ FFI call into oneDNN would close the gap.
+Tried before oneDNN and dropped (all slower, or within noise): the weight gradient as
+shifted-slice einsums, as a 3x or 9x channel-stacked (im2col) GEMM, or as row GEMMs; the
+first layer as im2col or shifted multiply-adds; XLA flags --xla_cpu_use_onednn (189 ms per
+step), --xla_cpu_experimental_ynn_fusion_type=individual_convolution (227 ms), XNN graph
+fusion (171 ms), against 157 ms with the defaults; two forced CPU devices.
 """
 
 from __future__ import annotations
@@ -89,6 +91,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 from jax import lax
+
+from molml_jax.models.conv import conv2d
 
 BN_MOMENTUM = 0.9  # flax convention: running = momentum * running + (1 - momentum) * batch
 BN_EPSILON = 1e-5  # torch BatchNorm2d's default
@@ -135,9 +139,7 @@ def conv_transpose_subpixel(x, kernel, bias=None):
         cols = []
         for taps_x in _PHASE_TAPS:
             k = jnp.stack([jnp.stack([forward[ty, tx] for tx in taps_x]) for ty in taps_y])  # (ly, lx, c_in, c_out)
-            cols.append(lax.conv_general_dilated(
-                x, k, (1, 1), ((0, len(taps_y) - 1), (0, len(taps_x) - 1)),
-                dimension_numbers=("NHWC", "HWIO", "NHWC")))
+            cols.append(conv2d(x, k, ((0, len(taps_y) - 1), (0, len(taps_x) - 1))))
         rows.append(jnp.stack(cols, axis=3))  # (B, H, W, 2 [px], c_out)
     out = jnp.stack(rows, axis=2)  # (B, H, 2 [py], W, 2 [px], c_out)
     b, h, _, w, _, c = out.shape
@@ -165,6 +167,44 @@ def flax_conv_transpose(features: int, name: str | None = None) -> nn.ConvTransp
     return nn.ConvTranspose(features, (3, 3), strides=(2, 2), padding=((1, 2), (1, 2)),
                             transpose_kernel=True, kernel_init=torch_kernel_init,
                             bias_init=torch_bias_init(features * 9), name=name)
+
+
+# ----- 2x2 max-pool ---------------------------------------------------------------------
+
+def _max_pool_2x2(x):
+    b, h, w, c = x.shape
+    return x.reshape(b, h // 2, 2, w // 2, 2, c).max(axis=(2, 4))
+
+
+@jax.custom_vjp
+def max_pool_2x2(x):
+    """torch max_pool2d(x, 2) channels-last: x (B, H, W, C), H and W even -> (B, H/2, W/2, C).
+
+    The gradient goes to the first maximum of each 2x2 window in row-major order, as torch's
+    (and flax nn.max_pool's) does, so ties (common after ReLU) are resolved alike; computed
+    as elementwise selects instead of XLA's select-and-scatter, which is ~5x slower on CPU
+    (4x256x256x8, forward + backward: 6.4 vs 32.5 ms).
+    """
+    return _max_pool_2x2(x)
+
+
+def _max_pool_2x2_fwd(x):
+    return _max_pool_2x2(x), x
+
+
+def _max_pool_2x2_bwd(x, g):
+    b, h, w, c = x.shape
+    v = x.reshape(b, h // 2, 2, w // 2, 2, c)
+    top_left, top_right, bottom_left, bottom_right = v[:, :, 0, :, 0], v[:, :, 0, :, 1], v[:, :, 1, :, 0], v[:, :, 1, :, 1]
+    m = jnp.maximum(jnp.maximum(top_left, top_right), jnp.maximum(bottom_left, bottom_right))
+    # index (0..3, row-major) of the first maximum in each window
+    first = jnp.where(top_left == m, 0, jnp.where(top_right == m, 1, jnp.where(bottom_left == m, 2, 3)))
+    position = (2 * jnp.arange(2).reshape(2, 1) + jnp.arange(2)).reshape(1, 1, 2, 1, 2, 1)
+    dx = jnp.where(position == first[:, :, None, :, None, :], g[:, :, None, :, None, :], 0.0)
+    return (dx.reshape(b, h, w, c).astype(x.dtype),)
+
+
+max_pool_2x2.defvjp(_max_pool_2x2_fwd, _max_pool_2x2_bwd)
 
 
 # ----- BatchNorm with a mask of real examples --------------------------------------------
@@ -223,12 +263,21 @@ class MaskedBatchNorm(nn.Module):
 
 # ----- the model ------------------------------------------------------------------------
 
-def _conv(features: int, kernel_size: int, in_features: int, name: str) -> nn.Conv:
-    """torch Conv2d(in, features, k, padding=k // 2, bias) in NHWC; kernel (k, k, in, out)."""
-    pad = kernel_size // 2
-    return nn.Conv(features, (kernel_size, kernel_size), padding=((pad, pad), (pad, pad)),
-                   kernel_init=torch_kernel_init,
-                   bias_init=torch_bias_init(in_features * kernel_size * kernel_size), name=name)
+class Conv(nn.Module):
+    """torch Conv2d(c_in, features, k, padding=k // 2, bias) in NHWC, through `conv2d` (oneDNN
+    on CPU): (B, H, W, c_in) -> (B, H, W, features). Parameters as flax nn.Conv's: kernel (k,
+    k, c_in, features), bias (features,)."""
+
+    features: int
+    kernel_size: int = 3
+
+    @nn.compact
+    def __call__(self, x):
+        k, c_in = self.kernel_size, x.shape[-1]
+        kernel = self.param("kernel", torch_kernel_init, (k, k, c_in, self.features), jnp.float32)
+        bias = self.param("bias", torch_bias_init(c_in * k * k), (self.features,), jnp.float32)
+        pad = k // 2
+        return conv2d(x, kernel, ((pad, pad), (pad, pad))) + bias
 
 
 class ConvBlock(nn.Module):
@@ -241,7 +290,7 @@ class ConvBlock(nn.Module):
     @nn.compact
     def __call__(self, x, train: bool = False, mask=None):
         for i in (1, 2):
-            x = _conv(self.features, self.kernel_size, x.shape[-1], f"conv_{i}")(x)
+            x = Conv(self.features, self.kernel_size, name=f"conv_{i}")(x)
             x = nn.relu(x)
             x = MaskedBatchNorm(use_running_average=not train, axis_name=self.axis_name,
                                 name=f"norm_{i}")(x, mask)
@@ -259,7 +308,7 @@ class Down(nn.Module):
     @nn.compact
     def __call__(self, x, train: bool = False, mask=None):
         skip = ConvBlock(self.features, self.kernel_size, self.axis_name, name="block")(x, train, mask)
-        return nn.max_pool(skip, (2, 2), strides=(2, 2)), skip
+        return max_pool_2x2(skip), skip
 
 
 class Up(nn.Module):
@@ -325,7 +374,7 @@ class UNet(nn.Module):
         for i, features in enumerate((nk, 2 * nk, 4 * nk, 8 * nk), start=1):
             h, skip = Down(features, k, axis, name=f"down_{i}")(h, train, mask)
             skips.append(skip)
-        h = _conv(16 * nk, k, h.shape[-1], "bridge")(h)
+        h = Conv(16 * nk, k, name="bridge")(h)
         for i, features in enumerate((8 * nk, 4 * nk, 2 * nk, nk), start=1):
             h = Up(features, k, axis, self.subpixel, name=f"up_{i}")(h, skips[-i], train, mask)
-        return _conv(1, 1, nk, "final_conv")(h)[..., 0]
+        return Conv(1, 1, name="final_conv")(h)[..., 0]

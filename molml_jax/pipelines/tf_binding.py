@@ -196,8 +196,9 @@ def train_and_evaluate(config: TFBindingConfig, *, progress: bool = True) -> dic
 # ----- learning-rate sweeps ---------------------------------------------------------------
 
 def resolve_parallel(parallel: str) -> str:
-    """'auto': sequential on CPU (vmapped convolutions become grouped convolutions, measured
-    slower there: PITFALLS.md, benchmarks/tf_binding_sweep.py), vmap on accelerators."""
+    """'auto': sequential on CPU (measured slower vmapped there: the native convolutions run
+    the configurations one by one, XLA's become grouped convolutions; PITFALLS.md,
+    benchmarks/tf_binding_vs_torch.py --sweep), vmap on accelerators."""
     if parallel == "auto":
         return "sequential" if jax.default_backend() == "cpu" else "vmap"
     if parallel not in ("vmap", "sequential"):
