@@ -78,6 +78,17 @@ def test_conv1d_matches_xla():
         conv1d(jnp.ones((2, 5)), jnp.ones((3, 1, 1)), (1, 1))
 
 
+def test_gpu_lowering_uses_xla_convolutions():
+    # lowered for CUDA (no GPU needed to lower), only XLA's convolutions remain
+    from jax import export
+
+    x, k = _inputs(*CASES[0][:2])
+    grad = jax.jit(jax.grad(lambda x, k: jnp.sum(conv2d(x, k, CASES[0][2]) ** 2), argnums=(0, 1)))
+    module = export.export(grad, platforms=["cuda"])(x, k).mlir_module()
+    assert "molml_jax_onednn" not in module
+    assert module.count("stablehlo.convolution") == 3  # forward, input and kernel gradients
+
+
 def test_hand_computed_values():
     # all-ones 3x3 kernel, 'same' padding: every output is the sum of its 3x3 neighbourhood
     x = jnp.arange(16, dtype=jnp.float32).reshape(1, 4, 4, 1)
@@ -146,3 +157,20 @@ def test_build_is_cached_and_compile_errors_are_one_line(monkeypatch, tmp_path):
     monkeypatch.setenv("CXX", "no-such-compiler")
     with pytest.raises(native.NativeBuildError, match="no C\\+\\+ compiler 'no-such-compiler'"):
         native.build_library()
+
+
+def test_forced_cpu_devices_share_the_cores_between_their_onednn_threads(monkeypatch):
+    import os
+
+    from experiments._cli import use_cpu_devices
+
+    monkeypatch.setenv("XLA_FLAGS", "--xla_force_host_platform_device_count=2")  # already set: kept
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    use_cpu_devices(1)
+    assert "OMP_NUM_THREADS" not in os.environ
+    use_cpu_devices(2)
+    assert os.environ["OMP_NUM_THREADS"] == str(max(1, (os.cpu_count() or 1) // 2))
+    assert os.environ["XLA_FLAGS"] == "--xla_force_host_platform_device_count=2"
+    monkeypatch.setenv("OMP_NUM_THREADS", "3")  # the user's choice wins
+    use_cpu_devices(2)
+    assert os.environ["OMP_NUM_THREADS"] == "3"
