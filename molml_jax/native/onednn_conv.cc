@@ -11,6 +11,7 @@
 // Conv2dBackwardWeights(x, dy) -> dkernel. Primitives are built once per shape and padding
 // and cached; every call gets its own scratchpad, so concurrent calls are safe.
 
+#include <algorithm>
 #include <cstdint>
 #include <cstdlib>
 #include <memory>
