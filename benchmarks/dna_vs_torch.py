@@ -23,8 +23,6 @@ from __future__ import annotations
 
 import argparse
 import csv
-import os
-import platform
 import statistics
 import tempfile
 import time
@@ -32,6 +30,7 @@ from pathlib import Path
 
 import numpy as np
 
+from benchmarks.report import machine_facts, machine_line, write_results
 from experiments._cli import positive_int, prepare_process
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -47,16 +46,6 @@ def _median_after_first(history: list[dict]) -> float:
     return statistics.median(times)
 
 
-def _cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
 def run(epochs: int, seed: int, devices: int = 1, torch_threads: int | None = None,
         results_dir: Path = RESULTS, same_start: bool = False) -> dict:
     import jax
@@ -64,8 +53,6 @@ def run(epochs: int, seed: int, devices: int = 1, torch_threads: int | None = No
 
     from benchmarks.torch_dna import run_torch_reference
     from molml_jax.pipelines.dna import DNAConfig, train_and_evaluate
-    from molml_jax.plots import plot_curve_comparison
-    from molml_jax.train.run_folder import write_json
 
     initial_params = initial_state_dict = batch_order = None
     if same_start:  # both from torch's initial weights, both through the JAX run's batches
@@ -143,26 +130,13 @@ def run(epochs: int, seed: int, devices: int = 1, torch_threads: int | None = No
             "history": torch_history,
         },
         "speedup_torch_over_jax": torch_epoch / jax_epoch,
-        "machine": {
-            "backend": jax.default_backend(),
-            "device_kind": jax.devices()[0].device_kind,
-            "jax_devices": jax.local_device_count(),
-            "jax_version": jax.__version__,
-            "torch_version": torch.__version__,
-            "python": platform.python_version(),
-            "cpu_count": os.cpu_count(),
-            "cpu": _cpu_model(),
-            "platform": platform.platform(),
-            "xla_flags": os.environ.get("XLA_FLAGS", ""),
-        },
+        "machine": machine_facts(),
     }
 
-    results_dir.mkdir(parents=True, exist_ok=True)
     suffix = "_same_start" if same_start else ""
-    write_json(results_dir / f"dna_vs_torch{suffix}.json", result)
-    (results_dir / f"dna_vs_torch{suffix}.md").write_text(markdown(result))
-    plot_curve_comparison(
-        {"JAX": jax_history, "PyTorch": torch_history}, results_dir / f"dna_loss_curves{suffix}.png",
+    write_results(
+        results_dir, f"dna_vs_torch{suffix}", result, markdown,
+        {"JAX": jax_history, "PyTorch": torch_history}, f"dna_loss_curves{suffix}.png",
         title=f"BiLSTM on DNA binding, seed {seed}: test AUC JAX {summary['test_auc_last_epoch']:.3f}, "
               f"PyTorch {reference['test_auc']:.3f}",
     )
@@ -202,8 +176,7 @@ def markdown(result: dict) -> str:
          "Each framework starts from its own random initialisation and batch order (same split)."),
         "",
         f"Split: {result['n_train']} train, {result['n_val']} validation, {result['n_test']} test. "
-        f"Machine: {m['backend']} ({m['device_kind']}), {m['cpu_count']} CPUs ({m['cpu']}); "
-        f"jax {m['jax_version']}, torch {m['torch_version']}, Python {m['python']}.",
+        + machine_line(m),
         "",
         f"![loss curves](dna_loss_curves{'_same_start' if result['same_start'] else ''}.png)",
         "",

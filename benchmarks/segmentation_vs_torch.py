@@ -19,13 +19,12 @@ and segmentation_loss_curves.png.
 from __future__ import annotations
 
 import argparse
-import os
-import platform
 import statistics
 import tempfile
 import time
 from pathlib import Path
 
+from benchmarks.report import machine_facts, machine_line, write_results
 from experiments._cli import positive_int, prepare_process
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -75,12 +74,7 @@ def _after_first(history):
 
 
 def run(epochs: int, seeds: list[int], devices: int, torch_threads: int | None, results_dir: Path) -> dict:
-    import jax
     import numpy as np
-    import torch
-
-    from molml_jax.plots import plot_curve_comparison
-    from molml_jax.train.run_folder import write_json
 
     runs = [_one_seed(seed, epochs, devices, torch_threads) for seed in seeds]
     jax_runs, torch_runs = [r[0] for r in runs], [r[1] for r in runs]
@@ -102,16 +96,11 @@ def run(epochs: int, seeds: list[int], devices: int, torch_threads: int | None, 
                   **{f"mean_{k}": mean(torch_runs, k) for k in ("test_dice", "test_iou", "test_map")},
                   "runs": torch_runs},
         "speedup_torch_over_jax": torch_epoch / jax_epoch,
-        "machine": {"backend": jax.default_backend(), "device_kind": jax.devices()[0].device_kind,
-                    "jax_version": jax.__version__, "torch_version": torch.__version__,
-                    "python": platform.python_version(), "cpu_count": os.cpu_count()},
+        "machine": machine_facts(),
     }
-    results_dir.mkdir(parents=True, exist_ok=True)
-    write_json(results_dir / "segmentation_vs_torch.json", result)
-    (results_dir / "segmentation_vs_torch.md").write_text(markdown(result))
-    plot_curve_comparison({"JAX": first["history"], "PyTorch": torch_runs[0]["history"]},
-                          results_dir / "segmentation_loss_curves.png",
-                          title=f"U-Net, Dice loss, seed {seeds[0]}: test Dice JAX {first['test_dice']:.3f}, "
+    write_results(results_dir, "segmentation_vs_torch", result, markdown,
+                  {"JAX": first["history"], "PyTorch": torch_runs[0]["history"]}, "segmentation_loss_curves.png",
+                  title=f"U-Net, Dice loss, seed {seeds[0]}: test Dice JAX {first['test_dice']:.3f}, "
                                 f"PyTorch {torch_runs[0]['test_dice']:.3f}")
     return result
 
@@ -142,8 +131,7 @@ def markdown(result: dict) -> str:
         f"| compile seconds | {j['compile_seconds'] or 0:.1f} | - |",
         f"| parallelism | {j['devices']} device(s), {j['driver']} driver | {t['threads']} thread(s) |",
         "", f"PyTorch / JAX time per epoch: **{result['speedup_torch_over_jax']:.2f}x**.", "",
-        f"Machine: {m['backend']} ({m['device_kind']}), {m['cpu_count']} CPUs; jax {m['jax_version']}, "
-        f"torch {m['torch_version']}.", "", "![loss curves](segmentation_loss_curves.png)", "",
+        machine_line(m), "", "![loss curves](segmentation_loss_curves.png)", "",
     ]
     return "\n".join(lines)
 

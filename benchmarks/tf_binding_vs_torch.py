@@ -17,13 +17,12 @@ Writes benchmarks/results/tf_binding_vs_torch.{json,md} and tf_binding_loss_curv
 from __future__ import annotations
 
 import argparse
-import os
-import platform
 import statistics
 import tempfile
 import time
 from pathlib import Path
 
+from benchmarks.report import machine_facts, machine_line, write_results
 from experiments._cli import positive_int, prepare_process
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -35,14 +34,10 @@ def _after_first(history):
 
 def run(epochs: int, windows: int, lr: float, seed: int, devices: int, torch_threads: int | None,
         sweep_rates: list[float] | None, results_dir: Path, repeats: int = 2) -> dict:
-    import jax
     import pandas as pd
-    import torch
 
     from benchmarks.torch_tf_binding import run_torch_reference
     from molml_jax.pipelines import tf_binding as tf
-    from molml_jax.plots import plot_curve_comparison
-    from molml_jax.train.run_folder import write_json
 
     config = tf.TFBindingConfig(simulate_windows=windows, epochs=epochs, lr=lr, seed=seed, devices=devices)
     data = tf.load_data(config)
@@ -81,9 +76,7 @@ def run(epochs: int, windows: int, lr: float, seed: int, devices: int, torch_thr
                   "best_epoch": reference["best_epoch"], "threads": reference["threads"],
                   "history": reference["history"]},
         "speedup_torch_over_jax": torch_epoch / jax_epoch,
-        "machine": {"backend": jax.default_backend(), "device_kind": jax.devices()[0].device_kind,
-                    "jax_version": jax.__version__, "torch_version": torch.__version__,
-                    "python": platform.python_version(), "cpu_count": os.cpu_count()},
+        "machine": machine_facts(),
     }
     if sweep_rates:
         result["sweep"] = {}
@@ -94,12 +87,9 @@ def run(epochs: int, windows: int, lr: float, seed: int, devices: int, torch_thr
             result["sweep"][mode] = {"wall_seconds": out["wall_seconds"], "table": out["table"]}
         result["sweep"]["vmap_over_sequential_time"] = (
             result["sweep"]["vmap"]["wall_seconds"] / result["sweep"]["sequential"]["wall_seconds"])
-    results_dir.mkdir(parents=True, exist_ok=True)
-    write_json(results_dir / "tf_binding_vs_torch.json", result)
-    (results_dir / "tf_binding_vs_torch.md").write_text(markdown(result))
-    plot_curve_comparison({"JAX": jax_history, "PyTorch": reference["history"]},
-                          results_dir / "tf_binding_loss_curves.png",
-                          title=f"TF-binding CNN, lr {lr:g}: validation R JAX {summary['best_val_pearson']:.3f}, "
+    write_results(results_dir, "tf_binding_vs_torch", result, markdown,
+                  {"JAX": jax_history, "PyTorch": reference["history"]}, "tf_binding_loss_curves.png",
+                  title=f"TF-binding CNN, lr {lr:g}: validation R JAX {summary['best_val_pearson']:.3f}, "
                                 f"PyTorch {reference['best_val_pearson']:.3f}")
     return result
 
@@ -127,8 +117,7 @@ def markdown(result: dict) -> str:
                          f"{a['best_val_pearson']:.4f} | {b['best_val_pearson']:.4f} |")
         lines += ["", f"Wall time: sequential {s['sequential']['wall_seconds']:.1f} s, vmap "
                       f"{s['vmap']['wall_seconds']:.1f} s (vmap / sequential = {s['vmap_over_sequential_time']:.2f}).", ""]
-    lines += [f"Machine: {m['backend']} ({m['device_kind']}), {m['cpu_count']} CPUs; jax {m['jax_version']}, "
-              f"torch {m['torch_version']}.", "", "![loss curves](tf_binding_loss_curves.png)", ""]
+    lines += [machine_line(m), "", "![loss curves](tf_binding_loss_curves.png)", ""]
     return "\n".join(lines)
 
 
