@@ -31,7 +31,8 @@ from pathlib import Path
 import numpy as np
 
 from benchmarks.report import machine_facts, machine_line, write_results
-from experiments._cli import positive_int, prepare_process
+from experiments._cli import positive_int
+from molml_jax.process import prepare_process
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -52,11 +53,11 @@ def run(epochs: int, seed: int, devices: int = 1, torch_threads: int | None = No
     import torch
 
     from benchmarks.torch_dna import run_torch_reference
-    from molml_jax.pipelines.dna import DNAConfig, train_and_evaluate
+    from molml_jax.pipelines.dna import Config, train_and_evaluate
 
     initial_params = initial_state_dict = batch_order = None
     if same_start:  # both from torch's initial weights, both through the JAX run's batches
-        from benchmarks.torch_dna import LSTMseq
+        from benchmarks.torch_models import LSTMseq
         from molml_jax.interop import lstm_params_from_torch
         from molml_jax.train.engine import epoch_order
         from molml_jax.train.state import seed_keys
@@ -75,7 +76,7 @@ def run(epochs: int, seed: int, devices: int = 1, torch_threads: int | None = No
     with tempfile.TemporaryDirectory(prefix="dna_vs_torch_") as tmp:
         run_dir = Path(tmp) / "dna_jax"
         began = time.perf_counter()
-        summary = train_and_evaluate(DNAConfig(epochs=epochs, seed=seed, devices=devices, out=str(run_dir)),
+        summary = train_and_evaluate(Config(epochs=epochs, seed=seed, devices=devices, out=str(run_dir)),
                                      progress=False, initial_params=initial_params)
         n_train = summary["n_train"]
         jax_wall = time.perf_counter() - began
@@ -108,7 +109,7 @@ def run(epochs: int, seed: int, devices: int = 1, torch_threads: int | None = No
             "first_epoch_seconds": jax_history[0]["epoch_seconds"],
             "compile_seconds": summary["compile_seconds"],
             "wall_seconds": jax_wall,
-            "test_auc_last_epoch": summary["test_auc_last_epoch"],
+            "test_auc_last_epoch": summary["last_test_auc"],
             "test_auc_best_val": summary["test_auc"],
             "best_epoch": summary["best_epoch"],
             "final_train_loss": jax_history[-1]["train_loss"],
@@ -137,7 +138,7 @@ def run(epochs: int, seed: int, devices: int = 1, torch_threads: int | None = No
     write_results(
         results_dir, f"dna_vs_torch{suffix}", result, markdown,
         {"JAX": jax_history, "PyTorch": torch_history}, f"dna_loss_curves{suffix}.png",
-        title=f"BiLSTM on DNA binding, seed {seed}: test AUC JAX {summary['test_auc_last_epoch']:.3f}, "
+        title=f"BiLSTM on DNA binding, seed {seed}: test AUC JAX {summary['last_test_auc']:.3f}, "
               f"PyTorch {reference['test_auc']:.3f}",
     )
     return result

@@ -24,7 +24,7 @@ def machine_facts() -> dict:
     import jax
     import torch
 
-    from molml_jax.native import conv_targets
+    from molml_jax.ops.native import conv_targets
 
     return {
         "backend": jax.default_backend(),

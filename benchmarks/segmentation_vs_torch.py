@@ -25,7 +25,8 @@ import time
 from pathlib import Path
 
 from benchmarks.report import machine_facts, machine_line, write_results
-from experiments._cli import positive_int, prepare_process
+from experiments._cli import positive_int
+from molml_jax.process import prepare_process
 
 RESULTS = Path(__file__).resolve().parent / "results"
 REPO = Path(__file__).resolve().parent.parent
@@ -46,11 +47,11 @@ def _one_seed(seed: int, epochs: int, devices: int, torch_threads: int | None) -
     from benchmarks.torch_segmentation import run_torch_reference
     from molml_jax.pipelines import segmentation as seg
 
-    config = seg.SegmentationConfig(epochs=epochs, seed=seed, devices=devices)
+    config = seg.Config(epochs=epochs, seed=seed, devices=devices)
     data = seg.load_data(config)
     with tempfile.TemporaryDirectory(prefix="seg_vs_torch_") as tmp:
         began = time.perf_counter()
-        summary = seg.train_and_evaluate(seg.SegmentationConfig(**{**config.__dict__, "out": str(Path(tmp) / "jax")}),
+        summary = seg.train_and_evaluate(seg.Config(**{**config.__dict__, "out": str(Path(tmp) / "jax")}),
                                          progress=False)
         jax_wall = time.perf_counter() - began
         history = pd.read_csv(Path(tmp) / "jax" / "history.csv").to_dict("records")

@@ -23,7 +23,8 @@ import time
 from pathlib import Path
 
 from benchmarks.report import machine_facts, machine_line, write_results
-from experiments._cli import positive_int, prepare_process
+from experiments._cli import positive_int
+from molml_jax.process import prepare_process
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -39,14 +40,14 @@ def run(epochs: int, windows: int, lr: float, seed: int, devices: int, torch_thr
     from benchmarks.torch_tf_binding import run_torch_reference
     from molml_jax.pipelines import tf_binding as tf
 
-    config = tf.TFBindingConfig(simulate_windows=windows, epochs=epochs, lr=lr, seed=seed, devices=devices)
+    config = tf.Config(simulate_windows=windows, epochs=epochs, lr=lr, seed=seed, devices=devices)
     data = tf.load_data(config)
     jax_times, torch_times = [], []
     for repeat in range(repeats):
         with tempfile.TemporaryDirectory(prefix="tf_vs_torch_") as tmp:
             began = time.perf_counter()
             jax_summary = tf.train_and_evaluate(
-                tf.TFBindingConfig(**{**config.__dict__, "out": str(Path(tmp) / "jax")}), progress=False)
+                tf.Config(**{**config.__dict__, "out": str(Path(tmp) / "jax")}), progress=False)
             jax_run_wall = time.perf_counter() - began
             jax_run_history = pd.read_csv(Path(tmp) / "jax" / "history.csv").to_dict("records")
         began = time.perf_counter()
@@ -82,7 +83,7 @@ def run(epochs: int, windows: int, lr: float, seed: int, devices: int, torch_thr
         result["sweep"] = {}
         for mode in ("sequential", "vmap"):
             with tempfile.TemporaryDirectory(prefix="tf_sweep_") as tmp:
-                out = tf.sweep(tf.TFBindingConfig(**{**config.__dict__, "out": tmp}), sweep_rates,
+                out = tf.sweep(tf.Config(**{**config.__dict__, "out": tmp}), sweep_rates,
                                parallel=mode, progress=False)
             result["sweep"][mode] = {"wall_seconds": out["wall_seconds"], "table": out["table"]}
         result["sweep"]["vmap_over_sequential_time"] = (

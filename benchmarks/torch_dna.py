@@ -3,9 +3,9 @@
     python -m benchmarks.torch_dna --epochs 5 --seed 0 --out torch_dna.json
 
 Written from the problem set: a torch Dataset whose __getitem__ returns (x, y), DataLoaders
-of batch 256 (training shuffled), the LSTMseq model (nn.LSTM(4, H, batch_first=True,
-num_layers=1, bidirectional=True); h_n[-1], the backward direction's final hidden state,
-into Linear-Tanh-Linear-Tanh-Linear(1) and a sigmoid), Adam lr 1e-2, ReduceLROnPlateau
+of batch 256 (training shuffled), the LSTMseq model (`benchmarks.torch_models.LSTMseq`:
+a bidirectional nn.LSTM whose backward direction's final hidden state goes through
+Linear-Tanh-Linear-Tanh-Linear(1) and a sigmoid), Adam lr 1e-2, ReduceLROnPlateau
 (mode 'min', factor 0.5, patience 10) stepped with the validation loss each epoch, binary
 cross entropy, and the test ROC AUC of the model after the last epoch (as the course
 reports it; the AUC of the best-validation epoch is reported too).
@@ -31,6 +31,8 @@ from sklearn.metrics import roc_auc_score
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
+from benchmarks.torch_models import LSTMseq
+
 
 class DNADataset(Dataset):
     """One-hot sequences x (N, L, 4) float32 and labels y (N,) float32."""
@@ -44,34 +46,6 @@ class DNADataset(Dataset):
 
     def __getitem__(self, index):
         return self.x[index], self.y[index]
-
-
-class LSTMseq(nn.Module):
-    """The course's classifier. forward(x (B, L, 4)) -> probabilities (B,).
-
-    `lengths` (B,) is an extension for variable-length batches (zero-padded at the end):
-    the LSTM then runs on a packed sequence (enforce_sorted=False), so the backward
-    direction starts at each sequence's own last element.
-    """
-
-    def __init__(self, hidden_dim: int = 16):
-        super().__init__()
-        self.lstm = nn.LSTM(4, hidden_dim, batch_first=True, num_layers=1, bidirectional=True)
-        self.mlp = nn.Sequential(
-            nn.Linear(hidden_dim, hidden_dim),
-            nn.Tanh(),
-            nn.Linear(hidden_dim, hidden_dim),
-            nn.Tanh(),
-            nn.Linear(hidden_dim, 1),
-        )
-        self.sigmoid = nn.Sigmoid()
-
-    def forward(self, x, lengths=None):
-        if lengths is not None:
-            x = nn.utils.rnn.pack_padded_sequence(
-                x, torch.as_tensor(lengths).cpu(), batch_first=True, enforce_sorted=False)
-        _, (h_n, _) = self.lstm(x)  # h_n (2, B, H): [forward, backward] final states
-        return self.sigmoid(self.mlp(h_n[-1])).squeeze(-1)
 
 
 def train(model, loader, optimizer) -> float:
@@ -126,7 +100,7 @@ class EpochOrderSampler(torch.utils.data.Sampler):
 def run_torch_reference(epochs: int, seed: int, hidden_dim: int = 16, batch_size: int = 256,
                         lr: float = 1e-2, threads: int | None = None, initial_state_dict=None,
                         batch_order=None) -> dict:
-    """Train and test the reference on the JAX pipeline's data and split (DNAConfig(seed)).
+    """Train and test the reference on the JAX pipeline's data and split (Config(seed)).
 
     Returns {'history': [{'epoch', 'train_loss', 'val_loss', 'lr', 'epoch_seconds'}, ...],
     'test_auc' (after the last epoch, as the course), 'test_auc_best_val' (the weights of
@@ -134,12 +108,12 @@ def run_torch_reference(epochs: int, seed: int, hidden_dim: int = 16, batch_size
     after the first), 'threads', 'torch_version', split sizes, and 'model' (the trained
     LSTMseq). epoch_seconds is the wall time of that epoch's train() plus validate().
     """
-    from molml_jax.pipelines.dna import DNAConfig, load_data
+    from molml_jax.pipelines.dna import Config, load_data
 
     if epochs < 1:
         raise ValueError(f"epochs must be at least 1, got {epochs}")
     with torch_num_threads(threads):
-        data = load_data(DNAConfig(seed=seed, hidden_dim=hidden_dim, batch_size=batch_size, lr=lr))
+        data = load_data(Config(seed=seed, hidden_dim=hidden_dim, batch_size=batch_size, lr=lr))
         if data.variable_length:
             raise ValueError("the torch reference handles one sequence length only (the course data)")
         parts = {name: DNADataset(data.x[idx], data.y[idx]) for name, idx in data.split.items()}

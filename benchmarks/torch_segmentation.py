@@ -5,23 +5,11 @@ comparison with the Flax model.
     python -m benchmarks.torch_segmentation --epochs 2                   # train on the course data
     python -m benchmarks.torch_segmentation --step-times --keep-freed-memory
 
-The course provides its U-Net as code that we do not have; this is the model as DESIGN.md
-describes it (num_kernel nk = 8, kernel_size k = 3), written out layer by layer:
-
-    ConvBlock(in, out): Conv2d(in, out, k, padding=k // 2), ReLU, BatchNorm2d(out),
-                        Conv2d(out, out, k, padding=k // 2), ReLU, BatchNorm2d(out)
-    Down(in, out):      ConvBlock(in, out) -> skip; MaxPool2d(2)(skip)
-    Up(in, out):        ConvBlock(in, out), ConvTranspose2d(out, out, 3, stride=2, padding=1,
-                        output_padding=1), + skip (added, not concatenated)
-    UNet: down1 Down(1, nk), down2 Down(nk, 2nk), down3 Down(2nk, 4nk), down4 Down(4nk, 8nk),
-          bridge Conv2d(8nk, 16nk, k, padding=k // 2) (no activation),
-          up1 Up(16nk, 8nk) + skip of down4, up2 Up(8nk, 4nk) + down3's, up3 Up(4nk, 2nk)
-          + down2's, up4 Up(2nk, nk) + down1's, final_conv Conv2d(nk, 1, 1), sigmoid.
-    forward(x (B, 1, H, W)) -> probabilities (B, 1, H, W); H, W multiples of 16.
-
-Default torch initialisation everywhere (the course sets none). `molml_jax.models.unet.UNet`
-is the same network channels-last, returning logits (the pipeline applies the sigmoid);
-`molml_jax.interop.unet_variables_from_torch` ports this model's state_dict.
+The model is the course's U-Net as the problem set describes it
+(`benchmarks.torch_models.UNet`, default torch initialisation); `molml_jax.models.unet.UNet`
+is the same network channels-last, returning logits (the pipeline applies the sigmoid), and
+`molml_jax.interop.unet_variables_from_torch` ports this model's state_dict. The step-time
+numbers are in docs/performance.md.
 """
 
 from __future__ import annotations
@@ -37,81 +25,10 @@ from pathlib import Path
 import numpy as np
 
 from benchmarks.timing import interleaved_step_ms, torch_num_threads
-from experiments._cli import keep_freed_memory  # call before importing torch / jax when timing
+from molml_jax.process import keep_freed_memory  # call before importing torch / jax when timing
 import torch
-from torch import nn
 
-
-class ConvBlock(nn.Module):
-    """conv1, ReLU, bn1, conv2, ReLU, bn2: (B, in, H, W) -> (B, out, H, W)."""
-
-    def __init__(self, in_channels: int, out_channels: int, kernel_size: int = 3):
-        super().__init__()
-        self.conv1 = nn.Conv2d(in_channels, out_channels, kernel_size, padding=kernel_size // 2)
-        self.relu1 = nn.ReLU()
-        self.bn1 = nn.BatchNorm2d(out_channels)
-        self.conv2 = nn.Conv2d(out_channels, out_channels, kernel_size, padding=kernel_size // 2)
-        self.relu2 = nn.ReLU()
-        self.bn2 = nn.BatchNorm2d(out_channels)
-
-    def forward(self, x):
-        x = self.bn1(self.relu1(self.conv1(x)))
-        return self.bn2(self.relu2(self.conv2(x)))
-
-
-class Down(nn.Module):
-    """forward(x (B, in, H, W)) -> (pooled (B, out, H/2, W/2), skip (B, out, H, W))."""
-
-    def __init__(self, in_channels: int, out_channels: int, kernel_size: int = 3):
-        super().__init__()
-        self.conv_block = ConvBlock(in_channels, out_channels, kernel_size)
-        self.pool = nn.MaxPool2d(2)
-
-    def forward(self, x):
-        skip = self.conv_block(x)
-        return self.pool(skip), skip
-
-
-class Up(nn.Module):
-    """forward(x (B, in, H, W), skip (B, out, 2H, 2W)) -> (B, out, 2H, 2W)."""
-
-    def __init__(self, in_channels: int, out_channels: int, kernel_size: int = 3):
-        super().__init__()
-        self.conv_block = ConvBlock(in_channels, out_channels, kernel_size)
-        self.up = nn.ConvTranspose2d(out_channels, out_channels, 3, stride=2, padding=1, output_padding=1)
-
-    def forward(self, x, skip):
-        return self.up(self.conv_block(x)) + skip
-
-
-class UNet(nn.Module):
-    """forward(x (B, 1, H, W)) -> sigmoid probabilities (B, 1, H, W); layers in the module docstring."""
-
-    def __init__(self, num_kernel: int = 8, kernel_size: int = 3):
-        super().__init__()
-        nk, k = num_kernel, kernel_size
-        self.down1 = Down(1, nk, k)
-        self.down2 = Down(nk, 2 * nk, k)
-        self.down3 = Down(2 * nk, 4 * nk, k)
-        self.down4 = Down(4 * nk, 8 * nk, k)
-        self.bridge = nn.Conv2d(8 * nk, 16 * nk, k, padding=k // 2)
-        self.up1 = Up(16 * nk, 8 * nk, k)
-        self.up2 = Up(8 * nk, 4 * nk, k)
-        self.up3 = Up(4 * nk, 2 * nk, k)
-        self.up4 = Up(2 * nk, nk, k)
-        self.final_conv = nn.Conv2d(nk, 1, 1)
-
-    def forward(self, x):
-        x, skip1 = self.down1(x)
-        x, skip2 = self.down2(x)
-        x, skip3 = self.down3(x)
-        x, skip4 = self.down4(x)
-        x = self.bridge(x)
-        x = self.up1(x, skip4)
-        x = self.up2(x, skip3)
-        x = self.up3(x, skip2)
-        x = self.up4(x, skip1)
-        return torch.sigmoid(self.final_conv(x))
+from benchmarks.torch_models import UNet
 
 
 def dice_loss(pred, target):
@@ -155,7 +72,7 @@ def rotate(x, angles_deg, mode: str = "bilinear"):
 def _evaluate(model, images, masks, batch_size: int):
     """Eval mode over (N, H, W) arrays: mean per-image Dice loss, Dice and IoU at 0.5 (the
     project's `dice_and_iou`, as the JAX pipeline's test metrics), and the probabilities (N, H, W)."""
-    from molml_jax.train.segmentation_metrics import dice_and_iou
+    from molml_jax.metrics.segmentation import dice_and_iou
 
     model.eval()
     losses, probs = [], []
@@ -187,7 +104,7 @@ def run_torch_reference(images: np.ndarray, masks: np.ndarray, split: dict, *, e
     'best_epoch', 'best_val_loss', 'test_dice', 'test_iou', 'test_map', 'test_probabilities'
     (N_test, H, W), 'median_epoch_seconds' (epochs after the first), 'threads', 'model'}.
     """
-    from molml_jax.train.segmentation_metrics import mean_average_precision
+    from molml_jax.metrics.segmentation import mean_average_precision
 
     if epochs < 1:
         raise ValueError(f"epochs must be at least 1, got {epochs}")
@@ -247,7 +164,7 @@ def step_times(batch_size: int = 4, size: int = 256, rounds: int = 3, steps: int
     import optax
 
     from molml_jax.models.unet import UNet as FlaxUNet
-    from molml_jax.train.segmentation_metrics import dice_loss_jax
+    from molml_jax.metrics.segmentation import dice_loss_jax
 
     rng = np.random.default_rng(seed)
     x = rng.random((batch_size, size, size), dtype=np.float32)
@@ -316,9 +233,9 @@ def main(argv: list[str] | None = None) -> None:
     if args.keep_freed_memory and not keep_freed_memory():
         print("note: --keep-freed-memory does not apply here (not glibc)")
     if not args.step_times:
-        from molml_jax.pipelines.segmentation import SegmentationConfig, load_data
+        from molml_jax.pipelines.segmentation import Config, load_data
 
-        data = load_data(SegmentationConfig(seed=args.seed))  # the JAX pipeline's split
+        data = load_data(Config(seed=args.seed))  # the JAX pipeline's split
         out = run_torch_reference(data.images, data.masks, data.split, epochs=args.epochs,
                                   batch_size=args.batch_size, rotation=args.rotation, seed=args.seed,
                                   threads=args.threads)

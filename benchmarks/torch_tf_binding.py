@@ -3,14 +3,9 @@ predicts a binding score for every base of a 300 bp window.
 
     python -m benchmarks.torch_tf_binding --epochs 2 --n 512 --lr 1e-3
 
-The model is the study's code (`seeds/tf_binding_lr_sweep.md`) unchanged, with one
-extension: `length` (default 300, the study's hard-coded value) sets the LayerNorm shape so
-that tests can build smaller models. ResidualBlock: conv (no bias), LayerNorm([C, L]), ReLU,
-dropout, conv (no bias), LayerNorm([C, L]), add the identity, ReLU. BindingPredictorCNN:
-conv 4 -> C (no bias), LayerNorm([C, L]), ReLU, the blocks, a 1x1 conv C -> 1 with bias,
-squeeze -> (B, L). Initialisation as the study: kaiming_normal_(mode='fan_out',
-nonlinearity='relu') for every conv with C outputs (and the initial one), xavier_uniform_
-for the final 1x1 conv, biases 0, LayerNorm weight 1 and bias 0 (torch's default).
+The model is the study's BindingPredictorCNN (`benchmarks.torch_models`), trained as the
+study trains it. `--step-times` times one train step of it against Flax variants
+(docs/performance.md).
 
 Training as the study: AdamW (weight decay 1e-5), MSE, batch 64, early stopping on the
 validation loss (patience 10) with the best weights restored, Pearson R over all validation
@@ -30,12 +25,12 @@ from pathlib import Path
 import numpy as np
 
 from benchmarks.timing import interleaved_step_ms, torch_num_threads
-from experiments._cli import keep_freed_memory
+from molml_jax.process import keep_freed_memory
 import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
-LENGTH = 300  # the study's window length, hard-coded in its LayerNorm shapes
+from benchmarks.torch_models import LENGTH, BindingPredictorCNN
 
 
 class TFBindingDataset(Dataset):
@@ -59,85 +54,6 @@ class TFBindingDataset(Dataset):
 
     def __getitem__(self, index):
         return self.x[index], self.y[index]
-
-
-class ResidualBlock(nn.Module):
-    """Residual Block with LayerNorm."""
-
-    def __init__(self, num_channels, kernel_size, dropout_rate, length: int = LENGTH):
-        super().__init__()
-        self.conv1 = nn.Conv1d(num_channels, num_channels, kernel_size,
-                               stride=1, padding=kernel_size // 2, bias=False)
-        self.norm1 = nn.LayerNorm([num_channels, length])  # Normalize across channels and length
-        self.relu1 = nn.ReLU()
-        self.dropout = nn.Dropout(dropout_rate)
-        self.conv2 = nn.Conv1d(num_channels, num_channels, kernel_size,
-                               stride=1, padding=kernel_size // 2, bias=False)
-        self.norm2 = nn.LayerNorm([num_channels, length])
-        self.relu2 = nn.ReLU()
-
-        # Initialize weights
-        self._initialize_weights()
-
-    def _initialize_weights(self):
-        for m in self.modules():
-            if isinstance(m, nn.Conv1d):
-                nn.init.kaiming_normal_(m.weight, mode='fan_out', nonlinearity='relu')
-
-    def forward(self, x):
-        identity = x
-        out = self.conv1(x)
-        out = self.norm1(out)
-        out = self.relu1(out)
-        out = self.dropout(out)
-        out = self.conv2(out)
-        out = self.norm2(out)
-        out += identity
-        out = self.relu2(out)
-        return out
-
-
-class BindingPredictorCNN(nn.Module):
-    """forward(x (B, 4, L) one-hot, channels-first) -> scores (B, L)."""
-
-    def __init__(self, num_channels=32, num_blocks=3, kernel_size=3, dropout_rate=0.2,
-                 length: int = LENGTH):
-        super().__init__()
-        self.initial_conv = nn.Conv1d(4, num_channels, kernel_size,
-                                      stride=1, padding=kernel_size // 2, bias=False)
-        # Assuming input sequence length is 300, adjust if different
-        self.initial_norm = nn.LayerNorm([num_channels, length])
-        self.initial_relu = nn.ReLU()
-
-        self.res_blocks = nn.Sequential(
-            *[ResidualBlock(num_channels, kernel_size, dropout_rate, length) for _ in range(num_blocks)]
-        )
-
-        self.final_conv = nn.Conv1d(num_channels, 1, kernel_size=1, stride=1, padding=0, bias=True)
-
-        # Initialize weights
-        self._initialize_weights()
-
-    def _initialize_weights(self):
-        for m in self.modules():
-            if isinstance(m, nn.Conv1d):
-                # He init for initial/block convs
-                if m.out_channels == self.initial_conv.out_channels or m.in_channels == 4:
-                    nn.init.kaiming_normal_(m.weight, mode='fan_out', nonlinearity='relu')
-                # Default init might be okay for final 1x1 conv, or use Xavier
-                elif m.out_channels == 1:
-                    nn.init.xavier_uniform_(m.weight)
-                if m.bias is not None:
-                    nn.init.constant_(m.bias, 0)
-
-    def forward(self, x):
-        x = self.initial_conv(x)
-        x = self.initial_norm(x)
-        x = self.initial_relu(x)
-        x = self.res_blocks(x)
-        x = self.final_conv(x)
-        x = x.squeeze(1)  # Remove channel dimension -> (Batch, L)
-        return x
 
 
 def pearson_r(predictions, targets) -> float:
@@ -272,11 +188,12 @@ def step_times(batch_size: int = 64, length: int = LENGTH, rounds: int = 5, step
     """Median time (ms) of one training step (forward, backward, AdamW update, dropout on)
     of the torch model and of Flax variants on the same batch, in interleaved rounds.
 
-    Variants: 'flax_reference' (flax nn.Conv, nn.LayerNorm and nn.Dropout's Bernoulli draw),
-    'flax_model' (molml_jax.models.cnn: nn.Conv, a LayerNorm with a written-out backward
-    pass, Dropout16), 'flax_im2col' (the model with each k-wide conv as one (B*L, kC) @
-    (kC, C) matmul over shifted copies), 'torch'. JAX's threads are XLA's (set XLA_FLAGS before the run); torch's are
-    `torch_threads` (None: torch's default).
+    Variants: 'flax_reference' (XLA's convolution as flax nn.Conv computes it, nn.LayerNorm
+    and nn.Dropout's Bernoulli draw), 'flax_model' (molml_jax.models.cnn: `ops.conv.conv1d`,
+    oneDNN on CPU; `ops.layer_norm.layer_norm_lc`; Dropout16), 'flax_im2col' (each k-wide
+    conv as one (B*L, kC) @ (kC, C) matmul over shifted copies, with the model's LayerNorm
+    and dropout), 'torch'. JAX's threads are XLA's (set XLA_FLAGS before the run); torch's
+    are `torch_threads` (None: torch's default).
     """
     import flax.linen as fnn
     import jax
@@ -284,7 +201,8 @@ def step_times(batch_size: int = 64, length: int = LENGTH, rounds: int = 5, step
     import optax
 
     from molml_jax.models.cnn import BindingPredictorCNN as FlaxCNN
-    from molml_jax.models.cnn import Dropout16, layer_norm_lc
+    from molml_jax.models.cnn import Dropout16
+    from molml_jax.ops.layer_norm import layer_norm_lc
 
     rng = np.random.default_rng(seed)
     x = np.eye(4, dtype=np.float32)[rng.integers(0, 4, size=(batch_size, length))]

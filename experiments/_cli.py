@@ -1,37 +1,21 @@
-"""Shared launcher plumbing for `python -m experiments.<pipeline>` (no JAX imported here,
-so that --devices can still set up forced CPU devices before JAX starts)."""
+"""The command line shared by `python -m experiments.<pipeline>`: `train` and `sweep` flags
+generated from the pipeline's Config (names, types, defaults and help in one place), the
+`--config RUN/config.json` rerun, verbs without abbreviations, one-line errors.
+
+JAX may be imported while the parser is built, but no device is touched before
+`prepare_process(--devices)` has run.
+"""
 
 from __future__ import annotations
 
 import argparse
-import os
+import dataclasses
+import json
 import sys
-
-
-def parse_with_default_command(parser: argparse.ArgumentParser, commands: set[str], default: str,
-                               argv: list[str] | None = None) -> argparse.Namespace:
-    """`python -m experiments.dna --epochs 5` means `... train --epochs 5`."""
-    argv = list(sys.argv[1:] if argv is None else argv)
-    if not argv or (argv[0] not in commands and argv[0] not in ("-h", "--help")):
-        argv.insert(0, default)
-    return parser.parse_args(argv)
-
-
-def use_cpu_devices(n: int) -> None:
-    """Let JAX see n CPU devices (for --devices n on a machine without accelerators).
-
-    Must run before JAX is imported; only CPU device count changes, so it is harmless on
-    a GPU machine. Does nothing if XLA_FLAGS already sets a count. With n > 1 it also sets
-    OMP_NUM_THREADS (unless set) to the cores / n, the threads of each device's oneDNN calls.
-    """
-    flags = os.environ.get("XLA_FLAGS", "")
-    if n > 1 and "xla_force_host_platform_device_count" not in flags:
-        os.environ["XLA_FLAGS"] = f"{flags} --xla_force_host_platform_device_count={n}".strip()
-    if n > 1:
-        # each device's oneDNN convolutions (molml_jax.native) get their share of the cores:
-        # n devices x all-core OpenMP teams oversubscribe them (U-Net epoch with 2 devices on
-        # 2 cores: 11.4 s, 6.8 s with one thread each; one device: 7.4 s)
-        os.environ.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // n)))
+import types
+import typing
+from pathlib import Path
+from typing import Callable
 
 
 def positive_int(text: str) -> int:
@@ -48,30 +32,171 @@ def positive_float(text: str) -> float:
     return value
 
 
-def keep_freed_memory() -> bool:
-    """Make glibc keep freed memory in the process instead of returning it to the OS.
-
-    XLA:CPU mallocs each step's whole temporary buffer (59 MiB for this model at batch 64)
-    on every call; glibc serves blocks over 32 MiB with a fresh mmap, and first touch of
-    every page faults (~13,000 faults, ~25 ms per step here). No mmap, no trimming and
-    one arena keep the memory mapped between steps. Process-wide; call it before JAX or
-    torch start their threads. Returns False where it does not apply (not glibc).
-    """
-    import ctypes
-    import ctypes.util
-
+def rates(text: str) -> list[float]:
+    """'1e-2,1e-3' -> [0.01, 0.001]: a non-empty list of positive numbers."""
     try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-        mallopt = libc.mallopt
-    except (OSError, AttributeError):
-        return False
-    m_trim_threshold, m_top_pad, m_mmap_max, m_arena_max = -1, -2, -4, -8
-    return all([mallopt(m_mmap_max, 0), mallopt(m_trim_threshold, 1 << 30),
-                mallopt(m_top_pad, 64 << 20), mallopt(m_arena_max, 1)])
+        values = [float(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a comma-separated list of numbers: {text!r}") from None
+    if not values or any(not v > 0 for v in values):
+        raise argparse.ArgumentTypeError(f"learning rates must be a non-empty list of positive numbers: {text!r}")
+    return values
 
 
-def prepare_process(devices: int = 1) -> None:
-    """What every launcher and benchmark does before JAX starts: `devices` forced CPU
-    devices (1: none forced) and glibc keeping freed memory (see keep_freed_memory)."""
-    use_cpu_devices(devices)
-    keep_freed_memory()
+def _none_or(parse: Callable[[str], object]) -> Callable[[str], object]:
+    def parse_optional(text: str):
+        return None if text.strip().lower() == "none" else parse(text)
+    parse_optional.__name__ = getattr(parse, "__name__", "value")
+    return parse_optional
+
+
+def _flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+def add_config_flags(parser: argparse.ArgumentParser, config_class, *, defaults: dict | None = None) -> None:
+    """One flag per Config field: --field-name, typed from its annotation, its help from the
+    field's `setting(..., help)`, its default shown. Flags not given stay out of the parsed
+    namespace, so that --config's stored values can fill them."""
+    from molml_jax.pipelines.common import config_fields
+
+    defaults = defaults or {}
+    group = parser.add_argument_group("settings (Config fields; defaults as shown)")
+    for field, kind in config_fields(config_class):
+        meta = field.metadata
+        if meta.get("cli", True) is False:
+            continue
+        default = defaults.get(field.name, field.default)
+        optional = type(None) in typing.get_args(kind)
+        base = next((a for a in typing.get_args(kind) if a is not type(None)), kind) if optional else kind
+        shown = "none" if default is None else (" ".join(map(str, default)) if isinstance(default, tuple) else default)
+        text = (meta.get("help", "") + f" (default: {shown})").replace("%", "%%")
+        kwargs: dict = {"help": text, "default": argparse.SUPPRESS, "dest": field.name}
+        if base is bool:
+            kwargs["action"] = argparse.BooleanOptionalAction
+        elif typing.get_origin(base) is tuple:
+            item = typing.get_args(base)[0]
+            kwargs.update(nargs=len(typing.get_args(base)), metavar=meta.get("metavar"),
+                          type=positive_int if meta.get("positive") and item is int else item)
+        else:
+            parse = {int: positive_int, float: positive_float}.get(base) if meta.get("positive") else base
+            kwargs["type"] = _none_or(parse) if optional else parse
+            if "choices" in meta:
+                kwargs["choices"] = meta["choices"]
+            kwargs["metavar"] = field.name.upper() if "choices" not in meta else None
+        group.add_argument(_flag(field.name), **{k: v for k, v in kwargs.items() if v is not None})
+
+
+def config_from_args(pipeline: types.ModuleType, args: argparse.Namespace, *, defaults: dict | None = None):
+    """The Config of a train or sweep command: defaults, then --config's stored settings,
+    then the flags given (InputError for a missing or foreign config.json)."""
+    from molml_jax.pipelines.common import config_from_record
+    from molml_jax.train.run_folder import read_config_file
+
+    values = dict(defaults or {})
+    if getattr(args, "config", None):
+        path = Path(args.config)
+        values.update(read_config_file(path / "config.json" if path.is_dir() else path, pipeline.HOOKS.name))
+    names = {f.name for f in dataclasses.fields(pipeline.Config)}
+    values.update({k: v for k, v in vars(args).items() if k in names})
+    return config_from_record(values, pipeline.Config, str(getattr(args, "config", None) or "the command line"))
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse with its usage errors on one line (exit 2), as every other bad input."""
+
+    def error(self, message: str):
+        self.exit(2, f"error: {self.prog}: {message} (see --help)\n")
+
+
+def build_parser(prog: str, description: str) -> tuple[argparse.ArgumentParser, argparse._SubParsersAction]:
+    parser = Parser(prog=prog, description=description, allow_abbrev=False,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    return parser, parser.add_subparsers(dest="command", metavar="COMMAND")
+
+
+def add_command(sub, name: str, help: str) -> argparse.ArgumentParser:
+    return sub.add_parser(name, help=help, description=help, allow_abbrev=False)
+
+
+def add_train_command(sub, pipeline: types.ModuleType) -> argparse.ArgumentParser:
+    cmd = add_command(sub, "train", "train and evaluate, writing a run folder (the default command)")
+    cmd.add_argument("--config", metavar="RUN/config.json",
+                     help="start from a stored run's settings (flags given here override them)")
+    cmd.add_argument("--quiet", action="store_true", help="no progress bar")
+    add_config_flags(cmd, pipeline.Config)
+    return cmd
+
+
+def sweep_defaults(pipeline: types.ModuleType) -> dict:
+    return {"out": f"{pipeline.Config.out}_sweep"}
+
+
+def add_sweep_command(sub, pipeline: types.ModuleType) -> argparse.ArgumentParser:
+    cmd = add_command(sub, "sweep", "train a grid of learning rates x seeds on the same split and batches")
+    cmd.add_argument("--lrs", type=rates, default=[1e-2, 1e-3, 1e-4], help="comma-separated learning rates (default: 1e-2,1e-3,1e-4)")
+    cmd.add_argument("--seeds", type=positive_int, default=1, help="seeds per rate: --seed .. --seed + K - 1 (default: 1)")
+    cmd.add_argument("--parallel", choices=["auto", "vmap", "sequential"], default="auto",
+                     help="vmap: one compiled program; auto: the faster one measured for this pipeline and backend")
+    cmd.add_argument("--wandb", action="store_true", help="log each configuration to Weights & Biases (offline by default)")
+    cmd.add_argument("--config", metavar="RUN/config.json", help="start from a stored run's settings")
+    cmd.add_argument("--quiet", action="store_true", help="no progress bar")
+    add_config_flags(cmd, pipeline.Config, defaults=sweep_defaults(pipeline))
+    return cmd
+
+
+def parse(parser: argparse.ArgumentParser, argv: list[str] | None, default: str = "train") -> argparse.Namespace:
+    """`python -m experiments.dna --epochs 5` means `... train --epochs 5`; an unknown
+    command is named with the list of commands (exit 2)."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    commands = list(_subparsers(parser).choices)
+    if not argv or argv[0].startswith("-") and argv[0] not in ("-h", "--help"):
+        argv.insert(0, default)
+    elif argv[0] not in commands and argv[0] not in ("-h", "--help"):
+        parser.exit(2, f"error: unknown command '{argv[0]}'; commands: {', '.join(commands)}\n")
+    return parser.parse_args(argv)
+
+
+def _subparsers(parser: argparse.ArgumentParser) -> argparse._SubParsersAction:
+    return next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+
+
+def headline(summary: dict) -> dict:
+    """The summary keys a train command prints."""
+    keys = [k for k in summary if k.startswith("test_") or k.startswith("best_val_")]
+    keys += ["best_epoch", "epochs_run", "median_epoch_seconds"]
+    return {k: summary[k] for k in keys if k in summary}
+
+
+def run_training_command(pipeline: types.ModuleType, args: argparse.Namespace) -> bool:
+    """train / sweep, shared by every pipeline. Returns False for other commands."""
+    if args.command == "train":
+        config = config_from_args(pipeline, args)
+        summary = pipeline.train_and_evaluate(config, progress=not args.quiet)
+        print(json.dumps(headline(summary), indent=1))
+        print(f"run folder: {config.out}")
+        return True
+    if args.command == "sweep":
+        config = config_from_args(pipeline, args, defaults=sweep_defaults(pipeline))
+        pipeline.sweep(config, args.lrs, seeds=args.seeds, parallel=args.parallel, progress=not args.quiet,
+                       wandb=args.wandb)
+        print((Path(config.out) / "sweep.md").read_text())
+        return True
+    return False
+
+
+def devices_of(args: argparse.Namespace) -> int:
+    """--devices of a train/sweep command, before any Config exists (a stored --config's
+    value counts when the flag is not given); 1 for other commands."""
+    if args.command not in ("train", "sweep"):
+        return 1
+    if hasattr(args, "devices"):
+        return args.devices
+    if getattr(args, "config", None):
+        path = Path(args.config)
+        path = path / "config.json" if path.is_dir() else path
+        try:
+            return int(json.loads(path.read_text()).get("devices", 1))
+        except (OSError, ValueError, TypeError):
+            return 1  # the config is read again, with a clear error, by config_from_args
+    return 1

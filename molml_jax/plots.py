@@ -67,15 +67,17 @@ def plot_profiles(observed, predicted, names: Sequence[str], path: str | Path) -
 
 
 def plot_sweep_curves(histories: dict[str, Sequence[dict]], path: str | Path) -> None:
-    """Validation loss and Pearson R per epoch, one line per configuration."""
+    """Loss and the first validation metric (e.g. Pearson R) per epoch, a line per configuration."""
+    first = next((row for history in histories.values() for row in history), {})
+    metric = next((k for k in first if k.startswith("val_") and k != "val_loss"), "val_loss")
     fig, (ax_loss, ax_r) = plt.subplots(1, 2, figsize=(10, 4))
     for i, (name, history) in enumerate(histories.items()):
         epochs = [r["epoch"] for r in history]
         ax_loss.plot(epochs, [r["train_loss"] for r in history], color=f"C{i}", ls=":", lw=1)
         ax_loss.plot(epochs, [r["val_loss"] for r in history], color=f"C{i}", label=name)
-        ax_r.plot(epochs, [r["val_pearson"] for r in history], color=f"C{i}", label=name)
+        ax_r.plot(epochs, [r[metric] for r in history], color=f"C{i}", label=name)
     ax_loss.set(xlabel="epoch", ylabel="loss (validation solid, train dotted)", yscale="log")
-    ax_r.set(xlabel="epoch", ylabel="validation Pearson R")
+    ax_r.set(xlabel="epoch", ylabel=metric.replace("_", " ").replace("val ", "validation "))
     ax_r.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=110)

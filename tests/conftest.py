@@ -37,3 +37,21 @@ def tiny_dna_csv(tmp_path) -> Path:
     path = tmp_path / "tiny.csv"
     pd.DataFrame({"seq": seqs, "bind": labels}).to_csv(path)
     return path
+
+
+@pytest.fixture
+def pairs_dir(tmp_path):
+    """20 pairs of 32x32 grey discs: s{i}_raw.png + s{i}_label.png."""
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    folder = tmp_path / "pairs"
+    folder.mkdir()
+    yy, xx = np.mgrid[:32, :32]
+    for i in range(20):
+        cy, cx, r = rng.integers(8, 24), rng.integers(8, 24), rng.integers(4, 8)
+        mask = ((yy - cy) ** 2 + (xx - cx) ** 2 < r * r).astype(np.uint8) * 255
+        image = np.clip(mask * 0.7 + rng.normal(40, 15, mask.shape), 0, 255).astype(np.uint8)
+        Image.fromarray(image).save(folder / f"s{i}_raw.png")
+        Image.fromarray(mask).save(folder / f"s{i}_label.png")
+    return folder

@@ -14,11 +14,12 @@ import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import optax  # noqa: E402
 
-from benchmarks.torch_tf_binding import BindingPredictorCNN as TorchCNN  # noqa: E402
+from benchmarks.torch_models import BindingPredictorCNN as TorchCNN  # noqa: E402
 from benchmarks.torch_tf_binding import pearson_r, random_data, run_torch_reference  # noqa: E402
 from molml_jax.errors import InputError  # noqa: E402
 from molml_jax.interop import cnn_config_from_params, cnn_params_from_torch, load_torch_cnn_checkpoint  # noqa: E402
-from molml_jax.models.cnn import BindingPredictorCNN, Dropout16, LayerNormLC, layer_norm_lc  # noqa: E402
+from molml_jax.models.cnn import BindingPredictorCNN, Dropout16, LayerNormLC  # noqa: E402
+from molml_jax.ops.layer_norm import layer_norm_lc  # noqa: E402
 
 C, K, BLOCKS, LENGTH = 32, 3, 3, 300
 
@@ -106,7 +107,7 @@ def test_wrong_length_is_a_clear_error():
 
 
 def test_layer_norm_equals_flax_layer_norm_with_gradients():
-    """The written-out backward pass against autodiff of flax's nn.LayerNorm (PITFALLS)."""
+    """The written-out backward pass against autodiff of flax's nn.LayerNorm."""
     rng = np.random.default_rng(3)
     x = jnp.asarray(3.0 + 2.0 * rng.standard_normal((4, 50, 8)), jnp.float32)
     scale = jnp.asarray(1.0 + 0.3 * rng.standard_normal((50, 8)), jnp.float32)

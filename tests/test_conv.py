@@ -8,11 +8,10 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from molml_jax import native
-from molml_jax.models import conv
+from molml_jax.ops import conv, native
 from jax import lax
 
-from molml_jax.models.conv import conv1d, conv2d, xla_conv2d
+from molml_jax.ops.conv import conv1d, conv2d, xla_conv2d
 
 # (x shape, kernel shape, padding): the U-Net's 3x3 'same' convolutions (one input channel at
 # the first layer), the sub-pixel transposed convolution's 1x2 / 2x1 / 2x2 phases with padding
@@ -162,7 +161,7 @@ def test_build_is_cached_and_compile_errors_are_one_line(monkeypatch, tmp_path):
 def test_forced_cpu_devices_share_the_cores_between_their_onednn_threads(monkeypatch):
     import os
 
-    from experiments._cli import use_cpu_devices
+    from molml_jax.process import use_cpu_devices
 
     monkeypatch.setenv("XLA_FLAGS", "--xla_force_host_platform_device_count=2")  # already set: kept
     monkeypatch.delenv("OMP_NUM_THREADS", raising=False)

@@ -21,7 +21,7 @@ LOSSES = ["epoch", "train_loss", "val_loss", "lr", "val_accuracy"]
 def _config(data, out, **kw):
     settings = dict(data=str(data), out=str(out), epochs=4, batch_size=32, hidden_dim=4)
     settings.update(kw)
-    return dna.DNAConfig(**settings)
+    return dna.Config(**settings)
 
 
 def _history(run):
@@ -39,7 +39,7 @@ def test_run_folder_contents_and_learning(tiny_dna_csv, tmp_path):
     assert len(history) == 12 and summary["epochs_run"] == 12
     assert history.train_loss.iloc[-1] < history.train_loss.iloc[0]
     stored = json.loads((run / "summary.json").read_text())
-    for key in ("test_auc", "test_auc_last_epoch", "best_epoch", "epochs_run", "compile_seconds",
+    for key in ("test_auc", "last_test_auc", "best_epoch", "epochs_run", "compile_seconds",
                 "median_epoch_seconds", "devices", "backend", "jax_version"):
         assert key in stored, key
     assert stored["best_epoch"] == int(history.val_loss.idxmin()) + 1
@@ -123,8 +123,8 @@ def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(tiny_dna_csv, tmp_
     dna.train_and_evaluate(_config(tiny_dna_csv, run, epochs=2), progress=False)
     original = dna.make_task
 
-    def poisoned(model, variable_length):
-        task = original(model, variable_length)
+    def poisoned(config, model):
+        task = original(config, model)
         return type(task)(**{**task.__dict__, "loss": lambda out, batch: task.loss(out, batch) * np.nan})
 
     monkeypatch.setattr(dna, "make_task", poisoned)

@@ -8,6 +8,7 @@ import pytest
 
 from molml_jax.data import one_hot
 from molml_jax.models import BiLSTMClassifier
+from molml_jax.pipelines import dna
 from molml_jax.pipelines.dna import make_optimizer, make_task
 from molml_jax.train import Engine, batch_plan, binary_cross_entropy_with_logits, create_train_state
 from molml_jax.train.engine import epoch_order, shuffle_key
@@ -23,8 +24,8 @@ def _data(n=72, length=16, seed=0):
 
 def _engine(driver="scan", devices=1, batch_size=32, lr=1e-2, task=None):
     model = BiLSTMClassifier(hidden_dim=4)
-    task = task or make_task(model, variable_length=False)
-    tx = make_optimizer(lr)
+    task = task or make_task(dna.Config(), model)
+    tx = make_optimizer(dna.Config(lr=lr))
     engine = Engine(task, tx, batch_size=batch_size, devices=devices, driver=driver)
     state = create_train_state(model, tx, (np.zeros((1, 16, 4), np.float32),), seed=0)
     return engine, state
@@ -117,7 +118,7 @@ def test_evaluate_outputs_in_data_order_and_metrics_are_weighted_means():
 def test_epochs_compile_once(driver):
     traces = []
     model = BiLSTMClassifier(hidden_dim=4)
-    base = make_task(model, variable_length=False)
+    base = make_task(dna.Config(), model)
 
     def counting_loss(logits, batch):
         traces.append(1)  # runs at trace time only

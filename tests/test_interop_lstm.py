@@ -12,7 +12,7 @@ import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import optax  # noqa: E402
 
-from benchmarks.torch_dna import LSTMseq  # noqa: E402
+from benchmarks.torch_models import LSTMseq  # noqa: E402
 from molml_jax.errors import InputError  # noqa: E402
 from molml_jax.interop import load_torch_lstm_checkpoint, lstm_params_from_torch  # noqa: E402
 from molml_jax.models import BiLSTMClassifier  # noqa: E402

@@ -6,8 +6,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from molml_jax.models import BiLSTMClassifier
-from molml_jax.models.lstm_kernel import lstm_layer
+from molml_jax.models import LSTM, BiLSTMClassifier
+from molml_jax.ops.lstm import lstm_layer
 
 B, L, C, H = 5, 9, 4, 6
 
@@ -88,6 +88,10 @@ def test_classifier_shapes_parameter_count_and_forward_independence():
     changed = jax.tree.map(lambda p: p, params)
     changed["lstm_forward"] = jax.tree.map(lambda p: p + 1.0, params["lstm_forward"])
     np.testing.assert_array_equal(logits, model.apply({"params": changed}, x))
-    outputs, h_n = model.apply({"params": params}, x, method=BiLSTMClassifier.encode)
+    # torch nn.LSTM's outputs (B, L, 2H) [forward, backward] and h_n (2, B, H) from the two
+    # LSTM submodules with the classifier's parameters
+    out_f, (h_f, _) = LSTM(16).apply({"params": params["lstm_forward"]}, x)
+    out_b, (h_b, _) = LSTM(16, reverse=True).apply({"params": params["lstm_backward"]}, x)
+    outputs, h_n = jnp.concatenate([out_f, out_b], axis=-1), jnp.stack([h_f, h_b])
     assert outputs.shape == (3, 101, 32) and h_n.shape == (2, 3, 16)
     np.testing.assert_allclose(outputs[:, 0, 16:], h_n[1], atol=1e-6)  # torch: h_n[-1] = out[:, 0, H:]

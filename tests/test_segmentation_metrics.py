@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from molml_jax.train.segmentation_metrics import (
+from molml_jax.metrics.segmentation import (
     DSB_THRESHOLDS,
     connected_components,
     dice_and_iou,

@@ -12,27 +12,11 @@ from molml_jax.pipelines import segmentation as seg
 from conftest import REPO
 
 
-@pytest.fixture
-def pairs_dir(tmp_path):
-    """20 pairs of 32x32 grey discs: img_raw.png + img_label.png."""
-    rng = np.random.default_rng(0)
-    folder = tmp_path / "pairs"
-    folder.mkdir()
-    yy, xx = np.mgrid[:32, :32]
-    for i in range(20):
-        cy, cx, r = rng.integers(8, 24), rng.integers(8, 24), rng.integers(4, 8)
-        mask = ((yy - cy) ** 2 + (xx - cx) ** 2 < r * r).astype(np.uint8) * 255
-        image = np.clip(mask * 0.7 + rng.normal(40, 15, mask.shape), 0, 255).astype(np.uint8)
-        Image.fromarray(image).save(folder / f"s{i}_raw.png")
-        Image.fromarray(mask).save(folder / f"s{i}_label.png")
-    return folder
-
-
 def _config(data, out, **kw):
     settings = dict(data=str(data), image_tag="raw", mask_tag="label", out=str(out), epochs=2,
                     batch_size=4, num_kernel=2)
     settings.update(kw)
-    return seg.SegmentationConfig(**settings)
+    return seg.Config(**settings)
 
 
 def test_train_run_folder_two_devices_and_predict(pairs_dir, tmp_path):

@@ -10,6 +10,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from molml_jax.errors import InputError
+from molml_jax.metrics.regression import pearson_from_moments
 from molml_jax.pipelines import tf_binding as tf
 
 from conftest import REPO
@@ -19,7 +21,7 @@ TINY = dict(simulate_windows=96, simulate_length=40, batch_size=16, num_channels
 
 
 def _config(out, **kw):
-    return tf.TFBindingConfig(out=str(out), **{**TINY, **kw})
+    return tf.Config(out=str(out), **{**TINY, **kw})
 
 
 def test_pearson_from_moments_matches_numpy():
@@ -28,7 +30,7 @@ def test_pearson_from_moments_matches_numpy():
     sums = {"bases": np.full(5, 7.0), "p": p.sum(1), "t": t.sum(1), "pp": (p * p).sum(1),
             "tt": (t * t).sum(1), "pt": (p * t).sum(1)}
     means = {k: v.mean() for k, v in sums.items()}
-    assert tf.pearson_from_moments(means)["pearson"] == pytest.approx(np.corrcoef(p.ravel(), t.ravel())[0, 1])
+    assert pearson_from_moments(means)["pearson"] == pytest.approx(np.corrcoef(p.ravel(), t.ravel())[0, 1])
 
 
 def test_train_run_folder_and_two_devices(tmp_path):
@@ -139,6 +141,6 @@ def test_sweep_with_real_wandb_offline_writes_one_run_per_configuration(tmp_path
 
 def test_wandb_missing_is_one_clear_error(tmp_path, monkeypatch):
     monkeypatch.setitem(sys.modules, "wandb", None)  # import wandb raises ImportError
-    with pytest.raises(tf.InputError, match=r"--wandb needs the wandb package"):
+    with pytest.raises(InputError, match=r"--wandb needs the wandb package"):
         tf.sweep(_config(tmp_path / "s", epochs=1), [1e-2], parallel="sequential", progress=False, wandb=True)
     assert not (tmp_path / "s").exists()  # refused before anything was trained or written

@@ -14,12 +14,13 @@ import flax.linen as nn  # noqa: E402
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 
-from benchmarks.torch_segmentation import UNet as TorchUNet  # noqa: E402
+from benchmarks.torch_models import UNet as TorchUNet  # noqa: E402
 from benchmarks.torch_segmentation import dice_loss  # noqa: E402
 from molml_jax.errors import InputError  # noqa: E402
 from molml_jax.interop import load_torch_unet_checkpoint, unet_config_from_variables, unet_variables_from_torch  # noqa: E402
-from molml_jax.models.unet import (  # noqa: E402
-    MaskedBatchNorm, UNet, conv_transpose_subpixel, flax_conv_transpose, max_pool_2x2)
+from molml_jax.models.unet import MaskedBatchNorm, UNet, flax_conv_transpose  # noqa: E402
+from molml_jax.ops.conv_transpose import conv_transpose_subpixel  # noqa: E402
+from molml_jax.ops.pooling import max_pool_2x2  # noqa: E402
 
 SIZE = 32
 
@@ -213,7 +214,7 @@ def test_masked_batch_norm_equals_flax_and_sums_over_devices():
 
 def test_dice_loss():
     """Per image (rows here), then the batch mean; the reference's and the pipeline's agree."""
-    from molml_jax.train.segmentation_metrics import dice_loss_jax
+    from molml_jax.metrics.segmentation import dice_loss_jax
 
     p = torch.tensor([[0.9, 0.1], [0.8, 0.0]])
     t = torch.tensor([[1.0, 0.0], [1.0, 0.0]])

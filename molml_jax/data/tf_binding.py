@@ -52,7 +52,7 @@ from typing import NamedTuple, Sequence
 import numpy as np
 import pandas as pd
 
-from molml_jax.data.dna import BASES, one_hot
+from molml_jax.data.dna import BASES, FASTA_SUFFIXES, one_hot, read_fasta
 from molml_jax.errors import InputError
 
 # Human genome base composition (A, C, G, T), roughly 41% GC.
@@ -415,6 +415,44 @@ def _is_index(values: pd.Series, n_rows: int) -> bool:
     return bool(np.array_equal(numbers, np.arange(n_rows)) or np.array_equal(numbers, np.arange(1, n_rows + 1)))
 
 
+def read_windows(path: str | os.PathLike) -> tuple[list[str], list[str], np.ndarray]:
+    """Windows to score: the study's sequences TSV(.gz) (window_name, sequence) or FASTA
+    (.fa/.fasta/.fna/.fas, optionally .gz; the record ids name the windows).
+
+    Returns (names, sequences, x) with x float32 (N, L, 4) one-hot. Missing columns, empty
+    or duplicate names, unknown characters and unequal lengths are InputErrors naming the
+    file and the window.
+    """
+    path = Path(path)
+    _check_file(path, "sequences")
+    suffixes = [s.lower() for s in path.suffixes if s.lower() != ".gz"]
+    if suffixes and suffixes[-1] in FASTA_SUFFIXES:
+        records = read_fasta(path)
+        names, sequences = [n.split()[0] for n in records.names], records.sequences
+    else:
+        frame = _read_tsv(path, dtype=str, keep_default_na=False)
+        frame.columns = [str(c).strip() for c in frame.columns]
+        missing = [c for c in SEQ_COLUMNS if c not in frame.columns]
+        if missing:
+            raise InputError(
+                f"{path}: no column{'s' if len(missing) > 1 else ''} {_few(missing)} "
+                f"(columns: {', '.join(map(str, frame.columns))}); "
+                f"expected tab-separated window_name and sequence, or FASTA"
+            )
+        if len(frame) == 0:
+            raise InputError(f"{path}: no rows after the header")
+        names = [s.strip() for s in frame["window_name"].astype(str)]
+        sequences = [s.strip() for s in frame["sequence"].astype(str)]
+        if "" in names:
+            raise InputError(f"{path}: line {names.index('') + 2}: empty window_name")
+    dup = pd.Series(names)[pd.Series(names).duplicated()].unique().tolist()
+    if dup:
+        raise InputError(f"{path}: duplicate window names {_few(dup)}")
+    # names the window for unknown characters, empty or unequal-length sequences
+    x, _ = one_hot(sequences, names=names, source=str(path))
+    return names, sequences, x
+
+
 def read_tf_binding(sequences_path: str | os.PathLike, scores_path: str | os.PathLike) -> TFBindingData:
     """Read the course's sequences and scores files (see the module docstring).
 
@@ -426,29 +464,8 @@ def read_tf_binding(sequences_path: str | os.PathLike, scores_path: str | os.Pat
     seq_path, score_path = Path(sequences_path), Path(scores_path)
     _check_file(seq_path, "sequences")
     _check_file(score_path, "scores")
-
-    # --- sequences
-    frame = _read_tsv(seq_path, dtype=str, keep_default_na=False)
-    frame.columns = [str(c).strip() for c in frame.columns]
-    missing = [c for c in SEQ_COLUMNS if c not in frame.columns]
-    if missing:
-        raise InputError(
-            f"{seq_path}: no column{'s' if len(missing) > 1 else ''} {_few(missing)} "
-            f"(columns: {', '.join(map(str, frame.columns))}); "
-            f"expected tab-separated window_name and sequence"
-        )
-    if len(frame) == 0:
-        raise InputError(f"{seq_path}: no rows after the header")
-    names = [s.strip() for s in frame["window_name"].astype(str)]
-    sequences = [s.strip() for s in frame["sequence"].astype(str)]
-    if "" in names:
-        raise InputError(f"{seq_path}: line {names.index('') + 2}: empty window_name")
-    dup = pd.Series(names)[pd.Series(names).duplicated()].unique().tolist()
-    if dup:
-        raise InputError(f"{seq_path}: duplicate window names {_few(dup)}")
-    # names the window for unknown characters, empty or unequal-length sequences
-    x, lengths = one_hot(sequences, names=names, source=str(seq_path))
-    length = int(lengths[0])
+    names, sequences, x = read_windows(seq_path)
+    length = x.shape[1]
 
     # --- scores: header read by hand, since pandas renames duplicate columns ('w' -> 'w.1')
     header = _header(score_path)
@@ -536,8 +553,13 @@ def write_tf_binding(
             f"write_tf_binding: scores have shape {scores.shape}; expected (windows, sequence length) "
             f"with all sequences of one length"
         )
-    seq_path, score_path = Path(path_sequences), Path(path_scores)
     table = pd.DataFrame({"window_name": names, "sequence": sequences})
-    _write_text(seq_path, table.to_csv(sep="\t", index=False, lineterminator="\n"))
-    table = pd.DataFrame(scores.T, columns=names)
-    _write_text(score_path, table.to_csv(sep="\t", index=False, float_format="%.6g", lineterminator="\n"))
+    _write_text(Path(path_sequences), table.to_csv(sep="\t", index=False, lineterminator="\n"))
+    write_scores(path_scores, names, scores)
+
+
+def write_scores(path: str | os.PathLike, names: Sequence[str], scores: np.ndarray) -> None:
+    """The study's scores file: one column per window (named, in `names` order), one row per
+    base, no index column (gzip where the path ends in .gz). scores (N, L)."""
+    table = pd.DataFrame(np.asarray(scores, np.float64).T, columns=[str(n) for n in names])
+    _write_text(Path(path), table.to_csv(sep="\t", index=False, float_format="%.6g", lineterminator="\n"))

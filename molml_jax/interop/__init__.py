@@ -1,6 +1,8 @@
 """PyTorch state_dict -> Flax params (parity tests, and for users with trained torch models).
 
-torch is imported lazily (only when a .pt file is loaded); molml_jax works without it.
+One converter per model (torch_lstm.py, torch_cnn.py, torch_unet.py); state_dict.py reads
+.pt files and checks names, shapes and values for all three. torch is imported lazily (only
+when a .pt file is loaded); molml_jax works without it.
 """
 
 from molml_jax.interop.torch_lstm import load_torch_lstm_checkpoint, lstm_params_from_torch

@@ -1,9 +1,9 @@
 """PyTorch BindingPredictorCNN state_dict -> parameters of `molml_jax.models.cnn.BindingPredictorCNN`.
 
-The study's model (`seeds/tf_binding_lr_sweep.md`, reproduced in
-`benchmarks/torch_tf_binding.py`) is channels-first: Conv1d weights (out, in, k) and
-LayerNorm([C, L]) weights (C, L). The Flax model is channels-last. Its state_dict and the
-Flax parameter tree it maps to (C channels, kernel k, window length L, n blocks)::
+The TF-binding study's model (reproduced as `benchmarks.torch_models.BindingPredictorCNN`)
+is channels-first: Conv1d weights (out, in, k) and LayerNorm([C, L]) weights (C, L). The
+Flax model is channels-last. Its state_dict and the Flax parameter tree it maps to (C
+channels, kernel k, window length L, n blocks)::
 
     initial_conv.weight            (C, 4, k) -> initial_conv.kernel    (k, 4, C) = W.transpose(2, 1, 0)
     initial_norm.weight, .bias     (C, L)    -> initial_norm.scale, .bias (L, C) = w.T
@@ -27,8 +27,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from molml_jax.errors import InputError
-from molml_jax.interop.torch_lstm import (
-    _checked_arrays, _named_weights, _shape_text, _to_numpy, read_state_dict,
+from molml_jax.interop.state_dict import (
+    and_more, checked_arrays, named_weights, read_state_dict, shape_text, to_numpy,
 )
 
 INPUT_DIM = 4  # one-hot A, C, G, T
@@ -52,10 +52,6 @@ def _expected_shapes(channels: int, kernel: int, length: int, blocks: int) -> di
     return shapes
 
 
-def _more(items: list[str]) -> str:
-    return f" (and {len(items) - 1} more)" if len(items) > 1 else ""
-
-
 def cnn_params_from_torch(state_dict: Mapping[str, Any], *, num_blocks: int | None = None,
                           length: int | None = None, source: str = "state_dict") -> dict:
     """Convert a torch BindingPredictorCNN state_dict into Flax `BindingPredictorCNN` parameters.
@@ -77,7 +73,7 @@ def cnn_params_from_torch(state_dict: Mapping[str, Any], *, num_blocks: int | No
       InputError (one line naming `source`): not a mapping, another model's state_dict,
       missing or unexpected keys, wrong shapes, non-float or non-finite values.
     """
-    weights = _named_weights(state_dict, source)
+    weights = named_weights(state_dict, source)
 
     if not any(k.startswith(_PREFIXES) for k in weights):
         sample = ", ".join(sorted(weights)[:4]) or "no keys at all"
@@ -87,18 +83,18 @@ def cnn_params_from_torch(state_dict: Mapping[str, Any], *, num_blocks: int | No
     for key in ("initial_conv.weight", "initial_norm.weight"):
         if key not in weights:
             raise InputError(f"{source}: missing key {key}")
-    conv0 = _to_numpy(weights["initial_conv.weight"], "initial_conv.weight", source)
+    conv0 = to_numpy(weights["initial_conv.weight"], "initial_conv.weight", source)
     if conv0.ndim != 3 or conv0.shape[1] != INPUT_DIM:
         raise InputError(
-            f"{source}: initial_conv.weight has shape {_shape_text(conv0.shape)}, expected "
+            f"{source}: initial_conv.weight has shape {shape_text(conv0.shape)}, expected "
             f"(C, {INPUT_DIM}, k) for a Conv1d from one-hot DNA")
     channels, kernel = conv0.shape[0], conv0.shape[2]
     if kernel % 2 == 0:
         raise InputError(f"{source}: initial_conv.weight has an even kernel size {kernel}; the model needs an odd one")
-    norm0 = _to_numpy(weights["initial_norm.weight"], "initial_norm.weight", source)
+    norm0 = to_numpy(weights["initial_norm.weight"], "initial_norm.weight", source)
     if norm0.ndim != 2 or norm0.shape[0] != channels:
         raise InputError(
-            f"{source}: initial_norm.weight has shape {_shape_text(norm0.shape)}, expected "
+            f"{source}: initial_norm.weight has shape {shape_text(norm0.shape)}, expected "
             f"({channels}, L) for LayerNorm([C, L])")
     found_length = norm0.shape[1]
     if length is not None and found_length != length:
@@ -112,15 +108,15 @@ def cnn_params_from_torch(state_dict: Mapping[str, Any], *, num_blocks: int | No
     shapes = _expected_shapes(channels, kernel, found_length, blocks)
     missing = [k for k in shapes if k not in weights]
     if missing:
-        raise InputError(f"{source}: missing key {missing[0]}{_more(missing)}")
+        raise InputError(f"{source}: missing key {missing[0]}{and_more(missing)}")
     unexpected = sorted(k for k in weights if k not in shapes)
     if unexpected:
         hint = ""
         if any(k.endswith(".bias") and ("conv" in k and not k.startswith("final_conv")) for k in unexpected):
             hint = "; the model's initial and block convolutions have no bias"
-        raise InputError(f"{source}: unexpected key {unexpected[0]}{_more(unexpected)}{hint}")
+        raise InputError(f"{source}: unexpected key {unexpected[0]}{and_more(unexpected)}{hint}")
 
-    arrays = _checked_arrays(weights, shapes, source,
+    arrays = checked_arrays(weights, shapes, source,
                              f"{channels} channels, kernel {kernel}, length {found_length}")
 
     def conv(key: str) -> dict:

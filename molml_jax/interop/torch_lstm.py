@@ -24,19 +24,16 @@ torch is imported only inside `load_torch_lstm_checkpoint`, so molml_jax works w
 from __future__ import annotations
 
 import os
-import re
-from pathlib import Path
 from typing import Any, Mapping
 
 import jax.numpy as jnp
-import numpy as np
 
 from molml_jax.errors import InputError
+from molml_jax.interop.state_dict import (
+    and_more, checked_arrays, named_weights, read_state_dict, shape_text, to_numpy,
+)
 
 INPUT_DIM = 4  # one-hot A, C, G, T
-_PREFIXES = ("module.", "_orig_mod.")  # DataParallel / DistributedDataParallel, torch.compile
-# where trainers often nest the model's state_dict inside a saved dict
-_NESTED_KEYS = ("state_dict", "model_state_dict", "model")
 
 
 def _expected_shapes(hidden: int) -> dict[str, tuple[int, ...]]:
@@ -50,39 +47,6 @@ def _expected_shapes(hidden: int) -> dict[str, tuple[int, ...]]:
         shapes[f"mlp.{layer}.weight"] = (out, hidden)
         shapes[f"mlp.{layer}.bias"] = (out,)
     return shapes
-
-
-def _strip_prefix(key: str) -> str:
-    changed = True
-    while changed:
-        changed = False
-        for prefix in _PREFIXES:
-            if key.startswith(prefix):
-                key, changed = key[len(prefix):], True
-    return key
-
-
-def _to_numpy(value: Any, key: str, source: str) -> np.ndarray:
-    """A torch tensor or array-like -> float32 numpy array (copied, on the host)."""
-    if hasattr(value, "detach") and hasattr(value, "cpu"):  # torch.Tensor, without importing torch
-        value = value.detach().cpu()
-        if not value.is_floating_point():
-            raise InputError(f"{source}: {key} has dtype {value.dtype}, expected floating-point weights")
-        value = value.float().numpy()
-    try:
-        array = np.asarray(value)
-    except Exception as err:  # noqa: BLE001 - anything that is not array-like
-        raise InputError(f"{source}: {key} is not an array ({type(value).__name__}: {err})") from None
-    if not np.issubdtype(array.dtype, np.floating):
-        raise InputError(f"{source}: {key} has dtype {array.dtype}, expected floating-point weights")
-    array = array.astype(np.float32)
-    if not np.isfinite(array).all():
-        raise InputError(f"{source}: {key} contains NaN or infinite values")
-    return array
-
-
-def _shape_text(shape: tuple[int, ...]) -> str:
-    return "(" + ", ".join(str(s) for s in shape) + ("," if len(shape) == 1 else "") + ")"
 
 
 def lstm_params_from_torch(
@@ -111,7 +75,7 @@ def lstm_params_from_torch(
       InputError (one line naming `source`): not a mapping, missing or unexpected keys (a
       state_dict of another model), wrong shapes, non-float or non-finite values.
     """
-    weights = _named_weights(state_dict, source)
+    weights = named_weights(state_dict, source)
 
     if "lstm.weight_hh_l0" not in weights:
         lstm_keys = [k for k in weights if k.startswith(("lstm.", "mlp."))]
@@ -122,10 +86,10 @@ def lstm_params_from_torch(
                 f"it has {sample}{', ...' if len(weights) > 4 else ''})"
             )
         raise InputError(f"{source}: missing key lstm.weight_hh_l0")
-    hh = _to_numpy(weights["lstm.weight_hh_l0"], "lstm.weight_hh_l0", source)
+    hh = to_numpy(weights["lstm.weight_hh_l0"], "lstm.weight_hh_l0", source)
     if hh.ndim != 2 or hh.shape[0] != 4 * hh.shape[1]:
         raise InputError(
-            f"{source}: lstm.weight_hh_l0 has shape {_shape_text(hh.shape)}, expected (4H, H) "
+            f"{source}: lstm.weight_hh_l0 has shape {shape_text(hh.shape)}, expected (4H, H) "
             f"for an LSTM of hidden size H"
         )
     hidden = hh.shape[1]
@@ -135,19 +99,17 @@ def lstm_params_from_torch(
     shapes = _expected_shapes(hidden)
     missing = [k for k in shapes if k not in weights]
     if missing:
-        more = f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""
-        raise InputError(f"{source}: missing key {missing[0]}{more}")
+        raise InputError(f"{source}: missing key {missing[0]}{and_more(missing)}")
     unexpected = sorted(k for k in weights if k not in shapes)
     if unexpected:
-        more = f" (and {len(unexpected) - 1} more)" if len(unexpected) > 1 else ""
         hint = ""
         if any(k.startswith("lstm.") and "_l1" in k for k in unexpected):
             hint = "; this model has one bidirectional LSTM layer"
         elif any(k.startswith("mlp.") for k in unexpected):
             hint = "; this model's MLP is Linear-Tanh-Linear-Tanh-Linear (mlp.0, mlp.2, mlp.4)"
-        raise InputError(f"{source}: unexpected key {unexpected[0]}{more}{hint}")
+        raise InputError(f"{source}: unexpected key {unexpected[0]}{and_more(unexpected)}{hint}")
 
-    arrays = _checked_arrays(weights, shapes, source, f"hidden size {hidden}, {INPUT_DIM} input channels")
+    arrays = checked_arrays(weights, shapes, source, f"hidden size {hidden}, {INPUT_DIM} input channels")
 
     def direction(suffix: str) -> dict:
         return {
@@ -172,34 +134,6 @@ def lstm_params_from_torch(
     }
 
 
-def _unwrap(obj: Any) -> Any:
-    """The model's state_dict inside a training checkpoint such as {'model_state_dict': ...}
-    (a state_dict's own values are tensors, never mappings, so any model's works)."""
-    if isinstance(obj, Mapping):
-        for name in _NESTED_KEYS:
-            if isinstance(obj.get(name), Mapping):
-                return obj[name]
-    return obj
-
-
-def _first_line(text: str, err: BaseException | None = None) -> str:
-    """The first sentence of an error message (torch's run to several lines)."""
-    lines = [line.strip() for line in text.strip().splitlines() if line.strip()]
-    first = lines[0] if lines else type(err).__name__ if err else "unknown error"
-    return first.split(". ")[0].rstrip(".")[:200]
-
-
-def _unpickling_problem(message: str) -> str:
-    """torch's multi-line weights_only refusal -> the one fact a user needs."""
-    found = re.search(r"Unsupported global: GLOBAL ([\w.]+)", message)
-    if found:
-        return (f"holds a pickled {found.group(1)}, not only tensors (torch.load with weights_only=True "
-                f"refuses it); save model.state_dict() instead of the model")
-    found = re.search(r"WeightsUnpickler error:\s*(.+)", message, flags=re.DOTALL)
-    detail = _first_line(found.group(1)) if found else _first_line(message)
-    return f"not a readable PyTorch checkpoint ({detail})"
-
-
 def load_torch_lstm_checkpoint(path: str | os.PathLike, hidden_dim: int | None = None) -> dict:
     """Load a .pt file holding an LSTMseq state_dict and convert it (see `lstm_params_from_torch`).
 
@@ -212,63 +146,3 @@ def load_torch_lstm_checkpoint(path: str | os.PathLike, hidden_dim: int | None =
     that is not weights-only (e.g. a whole pickled nn.Module), or another model's weights.
     """
     return lstm_params_from_torch(read_state_dict(path), hidden_dim, source=str(path))
-
-
-def read_state_dict(path: str | os.PathLike) -> Mapping[str, Any]:
-    """The state_dict in a .pt file, read with torch.load(weights_only=True) (plain tensors
-    only, never pickled code); also found under 'state_dict', 'model_state_dict' or 'model'.
-    Every problem is an InputError naming the file."""
-    path = Path(path)
-    if path.is_dir():
-        raise InputError(f"{path}: is a folder, expected a .pt file")
-    if not path.exists():
-        raise InputError(f"{path}: no such file")
-    if path.stat().st_size == 0:
-        raise InputError(f"{path}: file is empty")
-    try:
-        import torch
-    except ImportError:
-        raise InputError(f"{path}: reading PyTorch checkpoints needs torch (pip install 'molml-jax[torch]')") from None
-    import pickle
-
-    try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as err:
-        raise InputError(f"{path}: {_unpickling_problem(str(err))}") from None
-    except (RuntimeError, EOFError, OSError, ValueError) as err:
-        raise InputError(f"{path}: not a readable PyTorch checkpoint ({_first_line(str(err), err)})") from None
-    return _unwrap(obj)
-
-
-def _named_weights(state_dict, source: str, *, skip_suffix: str | None = None) -> dict[str, Any]:
-    """A state_dict as {name without 'module.' / '_orig_mod.' prefix: value}; one-line
-    InputError if it is not a mapping of string keys. Keys ending in skip_suffix are dropped."""
-    if not isinstance(state_dict, Mapping):
-        raise InputError(
-            f"{source}: expected a state_dict (a mapping of parameter names to tensors), "
-            f"got {type(state_dict).__name__}"
-        )
-    weights: dict[str, Any] = {}
-    for key, value in state_dict.items():
-        if not isinstance(key, str):
-            raise InputError(f"{source}: state_dict key {key!r} is not a string")
-        if skip_suffix is not None and key.endswith(skip_suffix):
-            continue
-        weights[_strip_prefix(key)] = value
-    return weights
-
-
-def _checked_arrays(weights: Mapping[str, Any], shapes: Mapping[str, tuple], source: str,
-                    context: str) -> dict[str, np.ndarray]:
-    """{key: float array} for every expected key, or a one-line InputError naming a key
-    whose shape differs (`context` says what the expected shapes were derived from)."""
-    arrays = {}
-    for key, shape in shapes.items():
-        array = _to_numpy(weights[key], key, source)
-        if array.shape != shape:
-            raise InputError(
-                f"{source}: {key} has shape {_shape_text(array.shape)}, expected {_shape_text(shape)} "
-                f"({context})"
-            )
-        arrays[key] = array
-    return arrays

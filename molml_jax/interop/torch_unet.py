@@ -1,6 +1,6 @@
 """PyTorch U-Net state_dict -> variables of `molml_jax.models.unet.UNet`.
 
-The torch model is `benchmarks.torch_segmentation.UNet` (the course's U-Net as DESIGN.md
+The torch model is `benchmarks.torch_models.UNet` (the course's U-Net as the problem set
 describes it), channels-first; the Flax model is channels-last. Its state_dict and the Flax
 variables it maps to (nk channels at the first level, kernel k; i = 1 .. 4)::
 
@@ -32,8 +32,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from molml_jax.errors import InputError
-from molml_jax.interop.torch_lstm import (
-    _checked_arrays, _named_weights, _shape_text, _to_numpy, read_state_dict,
+from molml_jax.interop.state_dict import (
+    and_more, checked_arrays, named_weights, read_state_dict, shape_text, to_numpy,
 )
 
 LEVELS = 4
@@ -67,17 +67,13 @@ def _expected_shapes(nk: int, k: int) -> dict[str, tuple[int, ...]]:
     return shapes
 
 
-def _more(items: list[str]) -> str:
-    return f" (and {len(items) - 1} more)" if len(items) > 1 else ""
-
-
 def unet_variables_from_torch(state_dict: Mapping[str, Any], *, num_kernel: int | None = None,
                               source: str = "state_dict") -> dict:
     """Convert a torch U-Net state_dict into Flax `UNet` variables.
 
     Args:
       state_dict: mapping of names to torch tensors or numpy arrays, as `model.state_dict()`
-        of `benchmarks.torch_segmentation.UNet` ('module.' / '_orig_mod.' prefixes are
+        of `benchmarks.torch_models.UNet` ('module.' / '_orig_mod.' prefixes are
         ignored). nk and k are read from down1.conv_block.conv1.weight (nk, 1, k, k).
       num_kernel: the expected nk, or None to accept what the state_dict holds.
       source: how messages name the input (a file path, or 'state_dict').
@@ -90,7 +86,7 @@ def unet_variables_from_torch(state_dict: Mapping[str, Any], *, num_kernel: int 
       InputError (one line naming `source`): not a mapping, another model's state_dict,
       missing or unexpected keys, wrong shapes, non-float or non-finite values.
     """
-    weights = _named_weights(state_dict, source, skip_suffix="num_batches_tracked")
+    weights = named_weights(state_dict, source, skip_suffix="num_batches_tracked")
 
     if not any(k.startswith(_PREFIXES) for k in weights):
         sample = ", ".join(sorted(weights)[:4]) or "no keys at all"
@@ -100,10 +96,10 @@ def unet_variables_from_torch(state_dict: Mapping[str, Any], *, num_kernel: int 
     first = "down1.conv_block.conv1.weight"
     if first not in weights:
         raise InputError(f"{source}: missing key {first}")
-    conv0 = _to_numpy(weights[first], first, source)
+    conv0 = to_numpy(weights[first], first, source)
     if conv0.ndim != 4 or conv0.shape[1] != 1 or conv0.shape[2] != conv0.shape[3] or conv0.shape[2] % 2 == 0:
         raise InputError(
-            f"{source}: {first} has shape {_shape_text(conv0.shape)}, expected (nk, 1, k, k) with odd k "
+            f"{source}: {first} has shape {shape_text(conv0.shape)}, expected (nk, 1, k, k) with odd k "
             f"(a Conv2d from grey images)")
     nk, k = conv0.shape[0], conv0.shape[2]
     if num_kernel is not None and nk != num_kernel:
@@ -112,11 +108,11 @@ def unet_variables_from_torch(state_dict: Mapping[str, Any], *, num_kernel: int 
     shapes = _expected_shapes(nk, k)
     missing = [key for key in shapes if key not in weights]
     if missing:
-        raise InputError(f"{source}: missing key {missing[0]}{_more(missing)}")
+        raise InputError(f"{source}: missing key {missing[0]}{and_more(missing)}")
     unexpected = sorted(key for key in weights if key not in shapes)
     if unexpected:
-        raise InputError(f"{source}: unexpected key {unexpected[0]}{_more(unexpected)}")
-    arrays = _checked_arrays(weights, shapes, source, f"num_kernel {nk}, kernel {k}")
+        raise InputError(f"{source}: unexpected key {unexpected[0]}{and_more(unexpected)}")
+    arrays = checked_arrays(weights, shapes, source, f"num_kernel {nk}, kernel {k}")
 
     def conv(prefix: str) -> dict:
         return {"kernel": jnp.asarray(arrays[f"{prefix}.weight"].transpose(2, 3, 1, 0)),

@@ -1,4 +1,11 @@
-"""The course's bidirectional-LSTM classifier of DNA binding sites (problem set 2, part 1)."""
+"""The course's bidirectional-LSTM classifier of DNA binding sites (problem set 2, part 1).
+
+`BiLSTMClassifier`: one-hot DNA x (B, L, 4), lengths (B,) or None -> logits (B,), as the
+course's PyTorch LSTMseq (`benchmarks.torch_models.LSTMseq`). `LSTM` is one direction of a
+torch-compatible nn.LSTM layer, computed by `ops.lstm.lstm_layer`, a recurrence with a
+hand-written gradient that is faster on XLA:CPU than flax's nn.RNN(nn.LSTMCell)
+(docs/performance.md).
+"""
 
 from __future__ import annotations
 
@@ -8,7 +15,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from molml_jax.models.lstm_kernel import lstm_layer
+from molml_jax.ops.lstm import lstm_layer
 
 
 def torch_uniform(bound: float):
@@ -72,12 +79,6 @@ class BiLSTMClassifier(nn.Module):
         self.dense_0 = torch_dense(self.hidden_dim, self.hidden_dim, "dense_0")
         self.dense_1 = torch_dense(self.hidden_dim, self.hidden_dim, "dense_1")
         self.dense_2 = torch_dense(1, self.hidden_dim, "dense_2")
-
-    def encode(self, x, lengths=None):
-        """torch nn.LSTM outputs: (B, L, 2H) [forward, backward] and h_n (2, B, H)."""
-        out_f, (h_f, _) = self.lstm_forward(x, lengths)
-        out_b, (h_b, _) = self.lstm_backward(x, lengths)
-        return jnp.concatenate([out_f, out_b], axis=-1), jnp.stack([h_f, h_b])
 
     def __call__(self, x, lengths=None, train: bool = False):
         if self.is_initializing():  # create the forward direction's parameters; unused here

@@ -1,8 +1,7 @@
 """The course's U-Net for nucleus segmentation (problem set 2, part 2), channels-last.
 
-The course ships its U-Net as code we do not have; DESIGN.md describes it, and this is the
-layer sequence implemented here (nk = num_kernel = 8, k = kernel_size = 3; the PyTorch twin
-is `benchmarks.torch_segmentation.UNet`):
+The layer sequence (nk = num_kernel = 8, k = kernel_size = 3), as the PyTorch twin
+`benchmarks.torch_models.UNet` written from the problem set's description:
 
     x (B, H, W) grey image, H and W multiples of 16        -> (B, H, W, 1)
     ConvBlock(c_in, c_out) = Conv(c_in, c_out, k, padding k // 2, bias), ReLU, BatchNorm,
@@ -20,10 +19,16 @@ is `benchmarks.torch_segmentation.UNet`):
     -> logits (B, H, W)
 
 ConvTranspose is torch's ConvTranspose2d(c, c, 3, stride 2, padding 1, output_padding 1)
-(with bias), computed in the exactly equivalent sub-pixel form (`conv_transpose_subpixel`).
-The skips are ADDED (not concatenated), as the course's U-Net. The model returns LOGITS:
-the course's model ends in a sigmoid, which the pipeline applies (`jax.nn.sigmoid`) before
-the Dice loss and for predictions.
+(with bias). The skips are ADDED (not concatenated), as the course's U-Net. The model
+returns LOGITS: the course's model ends in a sigmoid, which the pipeline applies
+(`jax.nn.sigmoid`) before the Dice loss and for predictions.
+
+Why not flax's layers: the kernels in `molml_jax.ops` are faster to differentiate on
+XLA:CPU, with the same parameters and values (docs/performance.md). The convolutions are
+`ops.conv.conv2d` (oneDNN on CPU, XLA's elsewhere); the max-pool is
+`ops.pooling.max_pool_2x2` (select-based gradient); the transposed convolutions are
+`ops.conv_transpose.conv_transpose_subpixel` (four ordinary convolutions), or flax's
+nn.ConvTranspose with `UNet(subpixel=False)`.
 
 BatchNorm (`MaskedBatchNorm`) is torch's BatchNorm2d: eps 1e-5, running statistics with
 flax momentum 0.9 (= torch momentum 0.1), statistics over (batch, H, W) per channel in
@@ -48,39 +53,7 @@ Parameter tree (flax name -> torch name, see `molml_jax.interop.unet_variables_f
     final_conv/kernel (1, 1, nk, 1), bias (1,)          final_conv.weight (1, nk, 1, 1), bias
 
 The upsample kernel has flax nn.ConvTranspose(transpose_kernel=True)'s layout (kh, kw, out,
-in): `UNet(subpixel=False)` uses that flax layer itself with the same parameters.
-
-Speed (CPU, jax 0.10.2, the shared 2-core test machine, +-10-20% from other jobs; one Adam
-train step, batch 4, 256x256, Dice loss, BatchNorm statistics updated; glibc keeping freed
-memory; `python -m benchmarks.torch_segmentation --step-times`, each row's JAX and PyTorch
-times from the same interleaved run):
-
-    ms per step                                          molml-jax   PyTorch 2.13 (2 threads)
-    XLA convolutions, flax max_pool                         163            112
-    oneDNN convolutions (`models.conv.conv2d`)              105            141
-    oneDNN convolutions + `max_pool_2x2`  [chosen]           94            143
-    (flax nn.ConvTranspose instead of the sub-pixel form: 196-245 in the same runs)
-
-What made the difference, in order:
-- Convolutions: XLA:CPU's (Eigen) 3x3 convolutions with few channels on large images are
-  slow, their gradients most (ms at batch 4, forward + input grad + weight grad):
-  8->8 @256: XLA 18.2, PyTorch 12.5, oneDNN 5.8; 16->16 @128: 6.3, 4.1, 2.7; 32->32 @64:
-  5.7, 3.7, 2.2. `conv2d` calls oneDNN's JIT kernels through XLA FFI (forward, backward-data,
-  backward-weights; NHWC activations as they are, only the kernel reordered to oneDNN's
-  blocked layout, which is what selects its fast backward kernels) on CPU, XLA's on GPU.
-- The 2x2 max-pool's gradient: XLA's select-and-scatter takes 32.5 ms at 4x256x256x8;
-  `max_pool_2x2` computes the same gradient (first maximum of each window, as torch) with
-  elementwise selects in 6.4 ms.
-- The transposed convolutions: the gradient of a stride-2 transposed convolution is an
-  lhs-dilated convolution, slow on XLA:CPU; the sub-pixel form's gradients are ordinary
-  (oneDNN) convolutions. (Before oneDNN, packing the four phases into one 2x2 convolution
-  with 4 * c_out outputs measured the same, so the four small convolutions stay.)
-
-Tried before oneDNN and dropped (all slower, or within noise): the weight gradient as
-shifted-slice einsums, as a 3x or 9x channel-stacked (im2col) GEMM, or as row GEMMs; the
-first layer as im2col or shifted multiply-adds; XLA flags --xla_cpu_use_onednn (189 ms per
-step), --xla_cpu_experimental_ynn_fusion_type=individual_convolution (227 ms), XNN graph
-fusion (171 ms), against 157 ms with the defaults; two forced CPU devices.
+in), in both forms.
 """
 
 from __future__ import annotations
@@ -92,7 +65,9 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from molml_jax.models.conv import conv2d
+from molml_jax.ops.conv import conv2d
+from molml_jax.ops.conv_transpose import conv_transpose_subpixel
+from molml_jax.ops.pooling import max_pool_2x2
 
 BN_MOMENTUM = 0.9  # flax convention: running = momentum * running + (1 - momentum) * batch
 BN_EPSILON = 1e-5  # torch BatchNorm2d's default
@@ -111,41 +86,6 @@ def torch_bias_init(fan_in: int):
 
 
 # ----- transposed convolution: torch ConvTranspose2d(k3, s2, p1, output_padding 1) -------
-
-# Per output phase p (0: even output rows, 1: odd), the kernel taps that reach it, in the
-# order of the input offsets 0, 1: out[2m] = x[m] W[1]; out[2m+1] = x[m] W[2] + x[m+1] W[0].
-_PHASE_TAPS = ((1,), (2, 0))
-
-
-def conv_transpose_subpixel(x, kernel, bias=None):
-    """torch ConvTranspose2d(c_in, c_out, 3, stride=2, padding=1, output_padding=1), channels-last.
-
-    x (B, H, W, c_in), kernel (3, 3, c_out, c_in) = torch weight (c_in, c_out, 3, 3)
-    .transpose(2, 3, 1, 0) (flax nn.ConvTranspose(transpose_kernel=True)'s layout), bias
-    (c_out,) or None -> (B, 2H, 2W, c_out).
-
-    Sub-pixel form: each of the four output phases (even/odd row x even/odd column) is an
-    ordinary stride-1 convolution of x with the 1, 2 or 4 kernel taps that reach it (1x1,
-    1x2, 2x1, 2x2; the missing x[H] / x[W] neighbour is zero, i.e. padding (0, 1)); the
-    phases are interleaved into the output. Exactly the transposed convolution (the same
-    products, summed in a different order), and its gradients are ordinary convolutions
-    instead of the lhs-dilated one of `lax.conv_transpose`.
-    """
-    if kernel.shape[:2] != (3, 3):
-        raise ValueError(f"conv_transpose_subpixel needs a 3x3 kernel, got kernel shape {kernel.shape}")
-    forward = jnp.swapaxes(kernel, 2, 3)  # (3, 3, c_in, c_out): HWIO
-    rows = []
-    for taps_y in _PHASE_TAPS:
-        cols = []
-        for taps_x in _PHASE_TAPS:
-            k = jnp.stack([jnp.stack([forward[ty, tx] for tx in taps_x]) for ty in taps_y])  # (ly, lx, c_in, c_out)
-            cols.append(conv2d(x, k, ((0, len(taps_y) - 1), (0, len(taps_x) - 1))))
-        rows.append(jnp.stack(cols, axis=3))  # (B, H, W, 2 [px], c_out)
-    out = jnp.stack(rows, axis=2)  # (B, H, 2 [py], W, 2 [px], c_out)
-    b, h, _, w, _, c = out.shape
-    out = out.reshape(b, 2 * h, 2 * w, c)
-    return out if bias is None else out + bias
-
 
 class ConvTransposeSubPixel(nn.Module):
     """torch ConvTranspose2d(c_in, features, 3, stride 2, padding 1, output_padding 1, bias):
@@ -167,44 +107,6 @@ def flax_conv_transpose(features: int, name: str | None = None) -> nn.ConvTransp
     return nn.ConvTranspose(features, (3, 3), strides=(2, 2), padding=((1, 2), (1, 2)),
                             transpose_kernel=True, kernel_init=torch_kernel_init,
                             bias_init=torch_bias_init(features * 9), name=name)
-
-
-# ----- 2x2 max-pool ---------------------------------------------------------------------
-
-def _max_pool_2x2(x):
-    b, h, w, c = x.shape
-    return x.reshape(b, h // 2, 2, w // 2, 2, c).max(axis=(2, 4))
-
-
-@jax.custom_vjp
-def max_pool_2x2(x):
-    """torch max_pool2d(x, 2) channels-last: x (B, H, W, C), H and W even -> (B, H/2, W/2, C).
-
-    The gradient goes to the first maximum of each 2x2 window in row-major order, as torch's
-    (and flax nn.max_pool's) does, so ties (common after ReLU) are resolved alike; computed
-    as elementwise selects instead of XLA's select-and-scatter, which is ~5x slower on CPU
-    (4x256x256x8, forward + backward: 6.4 vs 32.5 ms).
-    """
-    return _max_pool_2x2(x)
-
-
-def _max_pool_2x2_fwd(x):
-    return _max_pool_2x2(x), x
-
-
-def _max_pool_2x2_bwd(x, g):
-    b, h, w, c = x.shape
-    v = x.reshape(b, h // 2, 2, w // 2, 2, c)
-    top_left, top_right, bottom_left, bottom_right = v[:, :, 0, :, 0], v[:, :, 0, :, 1], v[:, :, 1, :, 0], v[:, :, 1, :, 1]
-    m = jnp.maximum(jnp.maximum(top_left, top_right), jnp.maximum(bottom_left, bottom_right))
-    # index (0..3, row-major) of the first maximum in each window
-    first = jnp.where(top_left == m, 0, jnp.where(top_right == m, 1, jnp.where(bottom_left == m, 2, 3)))
-    position = (2 * jnp.arange(2).reshape(2, 1) + jnp.arange(2)).reshape(1, 1, 2, 1, 2, 1)
-    dx = jnp.where(position == first[:, :, None, :, None, :], g[:, :, None, :, None, :], 0.0)
-    return (dx.reshape(b, h, w, c).astype(x.dtype),)
-
-
-max_pool_2x2.defvjp(_max_pool_2x2_fwd, _max_pool_2x2_bwd)
 
 
 # ----- BatchNorm with a mask of real examples --------------------------------------------
@@ -264,9 +166,9 @@ class MaskedBatchNorm(nn.Module):
 # ----- the model ------------------------------------------------------------------------
 
 class Conv(nn.Module):
-    """torch Conv2d(c_in, features, k, padding=k // 2, bias) in NHWC, through `conv2d` (oneDNN
-    on CPU): (B, H, W, c_in) -> (B, H, W, features). Parameters as flax nn.Conv's: kernel (k,
-    k, c_in, features), bias (features,)."""
+    """torch Conv2d(c_in, features, k, padding=k // 2, bias) in NHWC, through
+    `ops.conv.conv2d` (oneDNN on CPU): (B, H, W, c_in) -> (B, H, W, features). Parameters as
+    flax nn.Conv's: kernel (k, k, c_in, features), bias (features,)."""
 
     features: int
     kernel_size: int = 3

@@ -1,22 +1,54 @@
-"""What every pipeline's run folder shares: the stored config, resume checks, run facts."""
+"""The one implementation behind every pipeline's verbs.
+
+A pipeline module (dna, tf_binding, segmentation) defines its `Config`, `load_data`,
+`build_model`, `make_task`, `make_optimizer` and a `HOOKS` record (what it computes on the
+host, what it draws); the functions here do the rest the same way for all three: the run
+folder, training and resume, testing the best checkpoint, sweeps, loading a trained run
+and batched prediction.
+"""
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import platform
+import types
+import typing
 from pathlib import Path
+from typing import Any, Callable, Sequence
 
 import jax
+import numpy as np
 
 from molml_jax.errors import InputError
-from molml_jax.train.engine import Engine
-from molml_jax.train.fit import FitResult
-from molml_jax.train.run_folder import read_run_config
+from molml_jax.plots import plot_loss_curves
+from molml_jax.train import (
+    Checkpoints, Engine, FitConfig, LoopConfig, PlateauConfig, create_train_state, fit,
+)
+from molml_jax.train.run_folder import read_run_config, write_json
+from molml_jax.train.state import seed_keys
+from molml_jax.train import sweep as sweeps
 
 # path-valued settings recorded as absolute paths (None: the pipeline's bundled default)
 PATH_FIELDS = ("data", "sequences", "scores")
 # settings a resumed run may change (every other setting must match the stored run)
 RESUMABLE = ("epochs", "devices", "driver", "checkpoint_every", "out", "early_stopping_patience")
+
+
+# ----- settings ---------------------------------------------------------------------------
+
+def setting(default, help: str, **metadata):
+    """A Config field with its help text (the command line's --help is made from it).
+
+    metadata: `positive=True` (numbers must be > 0), `choices=(...)`, `cli=False` (not a
+    command-line flag)."""
+    return dataclasses.field(default=default, metadata={"help": help, **metadata})
+
+
+def config_fields(config_class) -> list[tuple[dataclasses.Field, Any]]:
+    """(field, resolved type) of every setting of a Config class, in order."""
+    hints = typing.get_type_hints(config_class)
+    return [(f, hints[f.name]) for f in dataclasses.fields(config_class)]
 
 
 def config_record(config, pipeline: str) -> dict:
@@ -29,6 +61,21 @@ def config_record(config, pipeline: str) -> dict:
     return record
 
 
+def config_from_record(record: dict, config_class, source: str):
+    """A Config from a stored config.json record (extra keys such as 'pipeline' ignored)."""
+    values = {}
+    for field, kind in config_fields(config_class):
+        if field.name in record:
+            value = record[field.name]
+            if isinstance(value, list):  # JSON has no tuples
+                value = tuple(value)
+            values[field.name] = value
+    try:
+        return config_class(**values)
+    except (TypeError, ValueError) as err:
+        raise InputError(f"{source}: not a valid {config_class.__module__.rsplit('.', 1)[-1]} config ({err})") from None
+
+
 def check_resumable(run_dir: Path, config, pipeline: str) -> None:
     """Refuse a run folder that holds a run with other settings (those in RESUMABLE may change)."""
     if not (run_dir / "config.json").is_file():
@@ -37,24 +84,67 @@ def check_resumable(run_dir: Path, config, pipeline: str) -> None:
         return
     stored = read_run_config(run_dir, pipeline)
     new = config_record(config, pipeline)
-    changed = [k for k in new if k not in RESUMABLE and stored.get(k) != new[k]]
+    changed = [k for k in new if k not in RESUMABLE and _jsonish(stored.get(k)) != _jsonish(new[k])]
     if changed:
         diffs = ", ".join(f"{k}={stored.get(k)!r} (now {new[k]!r})" for k in changed)
         raise InputError(f"{run_dir}: holds a run with other settings: {diffs}; use another --out")
 
 
+def _jsonish(value):
+    return list(value) if isinstance(value, tuple) else value
+
+
 def stored_config(run_dir: Path, pipeline: str, config_class):
     """The config a run folder was trained with."""
-    stored = read_run_config(run_dir, pipeline)
-    fields = {f.name for f in dataclasses.fields(config_class)}
-    return config_class(**{k: v for k, v in stored.items() if k in fields})
+    return config_from_record(read_run_config(run_dir, pipeline), config_class, str(Path(run_dir) / "config.json"))
 
 
-def run_facts(result: FitResult, engine: Engine) -> dict:
+# ----- what a pipeline adds ---------------------------------------------------------------
+
+@dataclasses.dataclass(frozen=True)
+class Hooks:
+    """The parts of a pipeline that are not the contract's verbs.
+
+    name: the pipeline's name (config.json's 'pipeline'; run folders of another are refused).
+    title: a short model description for figure titles.
+    resolve: (config, data) -> config with the settings the data decides filled in (e.g. the
+      window length), or an InputError when they contradict it.
+    example_inputs: config -> the model's inputs for initialisation (batch of 1).
+    split_metrics: (data, part, outputs) -> metrics computed on the host from a split's
+      outputs (e.g. AUC), added to the engine's means.
+    figures: (run_dir, config, data, outputs) -> None, figures of the evaluated splits
+      (outputs: {'val': ..., 'test': ...} of the best checkpoint).
+    plateau: config -> the learning-rate plateau schedule, or None.
+    """
+
+    name: str
+    title: str
+    example_inputs: Callable[[Any], tuple]
+    resolve: Callable[[Any, Any], Any] = lambda config, data: config
+    split_metrics: Callable[[Any, str, np.ndarray], dict] = lambda data, part, outputs: {}
+    figures: Callable[[Path, Any, Any, dict], None] = lambda run_dir, config, data, outputs: None
+    plateau: Callable[[Any], PlateauConfig | None] = lambda config: None
+
+
+def _setup(pipeline: types.ModuleType, config):
+    model = pipeline.build_model(config)
+    task = pipeline.make_task(config, model)
+    tx = pipeline.make_optimizer(config)
+    return model, task, tx
+
+
+def _engine(task, tx, config, configs=None) -> Engine:
+    try:
+        return Engine(task, tx, batch_size=config.batch_size, devices=config.devices, driver=config.driver,
+                      configs=configs)
+    except ValueError as err:
+        raise InputError(str(err)) from None
+
+
+def run_facts(result, engine: Engine) -> dict:
     """summary.json fields every pipeline reports: progress, timing, where it ran."""
     return {
         "best_epoch": result.best_epoch,
-        "best_val_loss": result.best_val_loss,
         "epochs_run": result.epochs_run,
         "stopped_early": result.stopped_early,
         "resumed_from_epoch": result.resumed_from,
@@ -67,3 +157,158 @@ def run_facts(result: FitResult, engine: Engine) -> dict:
         "jax_version": jax.__version__,
         "python": platform.python_version(),
     }
+
+
+# ----- the verbs --------------------------------------------------------------------------
+
+def train_and_evaluate(pipeline: types.ModuleType, config, *, progress: bool = True, initial_params=None) -> dict:
+    """Train (resuming if config.out holds a checkpoint), evaluate the best checkpoint and the
+    last epoch on the validation split (and the test split where there is one), write the
+    run folder, and return the summary (also summary.json).
+
+    Summary keys, the same in every pipeline: best_epoch, best_val_loss and best_val_<metric>
+    (the best checkpoint on validation), last_val_<...> (the last epoch), test_loss and
+    test_<metric> (the best checkpoint on the test split), last_test_<...>, run facts.
+    """
+    hooks: Hooks = pipeline.HOOKS
+    run_dir = Path(config.out)
+    data = pipeline.load_data(config)  # bad input fails here, before anything is written
+    config = hooks.resolve(config, data)
+    check_resumable(run_dir, config, hooks.name)
+    model, task, tx = _setup(pipeline, config)
+    engine = _engine(task, tx, config)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    write_json(run_dir / "config.json", {**config_record(config, hooks.name), "data_source": data.source})
+
+    state = create_train_state(model, tx, hooks.example_inputs(config), config.seed)
+    if initial_params is not None:
+        params = jax.tree.map(lambda new, old: np.asarray(new, old.dtype), initial_params, state.params)
+        state = state.replace(params=params, opt_state=tx.init(params))
+    splits = {part: engine.put(data.arrays(part)) for part in data.split}
+    fit_config = FitConfig(epochs=config.epochs, plateau=hooks.plateau(config),
+                           early_stopping_patience=config.early_stopping_patience,
+                           checkpoint_every=config.checkpoint_every, progress=progress)
+    result = fit(engine, state, splits["train"], splits["val"], fit_config, run_dir, model_id=config.model_id())
+
+    best_state, _ = Checkpoints(run_dir / "checkpoints").restore("best", result.state, expect_model=config.model_id())
+    summary, best_outputs = {}, {}
+    for part in [p for p in ("val", "test") if p in data.split]:
+        for which, state_ in (("best", best_state), ("last", result.state)):
+            metrics, outputs = engine.evaluate(engine.replicate(state_), splits[part], return_outputs=True)
+            metrics.update(hooks.split_metrics(data, part, outputs))
+            prefix = {("best", "val"): "best_val", ("best", "test"): "test"}.get((which, part), f"last_{part}")
+            summary.update({f"{prefix}_{k}": v for k, v in metrics.items()})
+            if which == "best":
+                best_outputs[part] = outputs
+    summary.update(run_facts(result, engine))
+    summary.update({f"n_{part}": int(len(index)) for part, index in data.split.items()})
+    summary["data"] = data.source
+    write_json(run_dir / "summary.json", summary)
+    headline = next(k for k in summary if k.startswith("test_") and k != "test_loss") if "test" in data.split \
+        else next(k for k in summary if k.startswith("best_val_") and k != "best_val_loss")
+    plot_loss_curves(result.history, run_dir / "loss_curve.png",
+                     title=f"{hooks.title}: {headline.replace('_', ' ')} {summary[headline]:.3f}")
+    hooks.figures(run_dir, config, data, best_outputs)
+    return summary
+
+
+def sweep(pipeline: types.ModuleType, config, lrs: Sequence[float], *, seeds: int = 1, parallel: str = "auto",
+          progress: bool = True, wandb: bool = False) -> dict:
+    """Train every (learning rate, seed) configuration for config.epochs with the config's
+    early stopping (and plateau schedule), on the same data, split and batches; write
+    sweep.csv, sweep.md, sweep.json and sweep_curves.png to config.out.
+
+    Seeds are config.seed .. config.seed + seeds - 1. parallel: 'vmap' (one compiled
+    program), 'sequential', or 'auto' (the one measured faster for this pipeline and backend).
+    Returns {'rows': per configuration, 'table': per rate (mean, sd), 'histories', ...}.
+    """
+    hooks: Hooks = pipeline.HOOKS
+    runs = sweeps.configurations(lrs, seeds, config.seed)
+    if wandb:
+        sweeps.wandb_module()  # fails before training, not after it
+    data = pipeline.load_data(config)
+    config = hooks.resolve(config, data)
+    model, task, tx = _setup(pipeline, config)
+    mode = sweeps.resolve_parallel(parallel, task.sweep_parallel)
+    _engine(task, tx, config)  # bad engine settings fail here, before anything is written
+    loop = LoopConfig(epochs=config.epochs, plateau=hooks.plateau(config),
+                      early_stopping_patience=config.early_stopping_patience)
+    order_rng = np.asarray(jax.random.key_data(seed_keys(config.seed)[1]))  # the same batches for all
+    trained = sweeps.train_configurations(
+        lambda k: _engine(task, tx, config, configs=k),
+        lambda seed: create_train_state(model, tx, hooks.example_inputs(config), seed),
+        runs, data.arrays("train"), data.arrays("val"), loop, parallel=mode, order_rng=order_rng,
+        progress=progress)
+    rows, table = sweeps.summarize(runs, trained.histories)
+    record = config_record(config, hooks.name)
+    result = {"parallel": mode, "wall_seconds": trained.wall_seconds, "backend": jax.default_backend(),
+              "epochs": config.epochs, "rows": rows, "table": table, "histories": trained.histories,
+              "data": data.source, "config": record}
+    out = Path(config.out)
+    sweeps.write_sweep(out, result, runs, title=f"{hooks.title}: learning-rate sweep")
+    if wandb:
+        sweeps.log_wandb(out, f"molml-jax-{hooks.name.replace('_', '-')}", record, runs, trained.histories, rows)
+    return result
+
+
+def load_run(pipeline: types.ModuleType, run_dir, checkpoint: str = "best"):
+    """(config, model, variables) of a trained run folder; checkpoint 'best' or 'latest'."""
+    hooks: Hooks = pipeline.HOOKS
+    if checkpoint not in ("best", "latest"):
+        raise InputError(f"checkpoint must be 'best' or 'latest', not {checkpoint!r}")
+    run_dir = Path(run_dir)
+    config = stored_config(run_dir, hooks.name, pipeline.Config)
+    model, _, tx = _setup(pipeline, config)
+    template = jax.tree.map(np.asarray, create_train_state(model, tx, hooks.example_inputs(config), 0))
+    if not (run_dir / "checkpoints").is_dir():
+        raise InputError(f"{run_dir}: no checkpoints folder (did training start?)")
+    state, _ = Checkpoints(run_dir / "checkpoints", create=False).restore(
+        checkpoint, template, expect_model=config.model_id())
+    variables = {"params": state.params}
+    if state.batch_stats:
+        variables["batch_stats"] = state.batch_stats
+    return config, model, variables
+
+
+def resolve_run(pipeline: types.ModuleType, run):
+    """`run` as predict_arrays takes it (a run folder, or what load_run returned) -> the triple."""
+    if isinstance(run, (str, Path)):
+        return load_run(pipeline, run)
+    if isinstance(run, tuple) and len(run) == 3 and isinstance(run[0], pipeline.Config):
+        return run
+    raise InputError(f"run must be a {pipeline.HOOKS.name} run folder or what "
+                     f"{pipeline.__name__}.load_run returned, not {type(run).__name__}")
+
+
+def check_array(array, name: str, *, ndim: Sequence[int], last: int | None = None, what: str) -> np.ndarray:
+    """A float32 numpy copy of `array`, or an InputError naming what shape was expected."""
+    array = np.asarray(array)
+    if array.ndim not in ndim or (last is not None and array.shape[-1] != last) or 0 in array.shape:
+        raise InputError(f"{name}: expected {what}, got an array of shape {array.shape}")
+    if not np.issubdtype(array.dtype, np.number) and array.dtype != bool:
+        raise InputError(f"{name}: expected numbers, got dtype {array.dtype}")
+    return array.astype(np.float32)
+
+
+@functools.lru_cache(maxsize=16)
+def _jitted_apply(model):
+    """One compiled inference function per model (modules are hashable), so that predicting
+    image after image compiles once per shape."""
+    return jax.jit(lambda variables, *inputs: model.apply(variables, *inputs, train=False))
+
+
+def apply_in_batches(model, variables, inputs: Sequence[np.ndarray | None], *, batch_size: int = 256) -> np.ndarray:
+    """model.apply(variables, *inputs, train=False) over the leading axis in batches of
+    batch_size (the last one zero-padded, so one compiled shape serves a whole file).
+    inputs: arrays of equal length N (None entries passed as None) -> outputs (N, ...)."""
+    n = len(next(x for x in inputs if x is not None))
+    apply = _jitted_apply(model)
+    size = min(batch_size, n)
+    outputs = []
+    for start in range(0, n, size):
+        chunk = [None if x is None else x[start:start + size] for x in inputs]
+        real = len(next(c for c in chunk if c is not None))
+        if real < size:
+            chunk = [None if c is None else np.concatenate([c, np.repeat(c[-1:], size - real, axis=0)]) for c in chunk]
+        outputs.append(np.asarray(apply(variables, *chunk))[:real])
+    return np.concatenate(outputs)

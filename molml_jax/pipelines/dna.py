@@ -1,59 +1,59 @@
-"""DNA binding sites: bidirectional-LSTM classifier (course problem set 2, part 1).
+"""DNA binding sites: bidirectional-LSTM classifier (the course's problem set 2, part 1).
 
     from molml_jax.pipelines import dna
-    summary = dna.train_and_evaluate(dna.DNAConfig(epochs=50, out="runs/dna"))
+    summary = dna.train_and_evaluate(dna.Config(epochs=50, out="runs/dna"))
     dna.predict("runs/dna", "my_sequences.fasta", "probabilities.csv")
+    probabilities = dna.predict_arrays("runs/dna", one_hot_sequences)   # (N, L, 4) -> (N,)
 """
 
 from __future__ import annotations
 
 import dataclasses
+import sys
 from pathlib import Path
 
-import jax
 import numpy as np
 import optax
 import pandas as pd
-from sklearn.metrics import roc_auc_score
 
 from molml_jax.data import default_dna_csv, one_hot, read_sequences, split_indices
 from molml_jax.errors import InputError
+from molml_jax.metrics.classification import roc_auc, sigmoid
 from molml_jax.models import BiLSTMClassifier
-from molml_jax.plots import plot_loss_curves
-from molml_jax.train import (
-    Checkpoints, Engine, FitConfig, PlateauConfig, Task, binary_cross_entropy_with_logits,
-    create_train_state, fit,
-)
-from molml_jax.pipelines.common import check_resumable, config_record, run_facts, stored_config
-from molml_jax.train.run_folder import write_json
+from molml_jax.pipelines import common
+from molml_jax.pipelines.common import setting
+from molml_jax.train import PlateauConfig, Task, binary_cross_entropy_with_logits
 
-PIPELINE = "dna"
-# Measured by benchmarks/dna_drivers.py: the scanned epoch is the faster driver for the
-# BiLSTM on XLA:CPU; on GPU both are tried by the benchmark (scan is the usual win).
-DRIVERS = {"cpu": "scan", "gpu": "scan", "cuda": "scan", "rocm": "scan"}
+_this = sys.modules[__name__]  # what the shared verbs in `common` are given
+# Measured: on XLA:CPU the scanned epoch is the faster driver for the BiLSTM (its step is
+# small, so per-step dispatch dominates a Python loop); scan is the usual win on GPU/TPU.
+DRIVERS = {"cpu": "scan", "gpu": "scan", "tpu": "scan"}
+# Measured (README, "Sweeps"): 8 seeds vmapped train faster than one after another on
+# XLA:CPU; on accelerators a vmapped LSTM step costs little more than one.
+SWEEP_PARALLEL = {"cpu": "vmap", "gpu": "vmap", "tpu": "vmap"}
 
 
 @dataclasses.dataclass
-class DNAConfig:
+class Config:
     """Every setting of a DNA run; the defaults are the course's. Saved as config.json."""
 
-    data: str | None = None  # CSV/TSV with sequence and 0/1 label columns; None: bundled course data
-    seq_column: str = "seq"
-    label_column: str = "bind"
-    epochs: int = 500
-    batch_size: int = 256
-    hidden_dim: int = 16
-    lr: float = 1e-2
-    seed: int = 0
-    test_fraction: float = 0.2
-    val_fraction: float = 0.1  # of the training part, as "10% of train as validation"
-    plateau_factor: float = 0.5
-    plateau_patience: int = 10
-    early_stopping_patience: int | None = None
-    devices: int = 1
-    driver: str = "auto"  # 'scan', 'loop' or 'auto' (the measured choice for the backend)
-    checkpoint_every: int = 10  # epochs between checkpoints (see FitConfig)
-    out: str = "runs/dna"
+    data: str | None = setting(None, "CSV/TSV with a sequence and a 0/1 label column; none: the bundled course data")
+    seq_column: str = setting("seq", "column of the sequences")
+    label_column: str = setting("bind", "column of the 0/1 labels")
+    epochs: int = setting(500, "epochs to train (a resumed run trains up to this number)", positive=True)
+    batch_size: int = setting(256, "examples per batch", positive=True)
+    hidden_dim: int = setting(16, "LSTM hidden size (and the MLP's width)", positive=True)
+    lr: float = setting(1e-2, "Adam learning rate (then reduced on plateaus)", positive=True)
+    seed: int = setting(0, "seed of the split, the initial weights and the batch order")
+    test_fraction: float = setting(0.2, "fraction of the examples held out for testing")
+    val_fraction: float = setting(0.1, "fraction of the rest used for validation (course: 10% of train)")
+    plateau_factor: float = setting(0.5, "learning-rate factor on a validation-loss plateau", positive=True)
+    plateau_patience: int = setting(10, "epochs without improvement before the rate is reduced")
+    early_stopping_patience: int | None = setting(None, "stop after this many epochs without a lower validation loss; none: never", positive=True)
+    devices: int = setting(1, "data-parallel devices (on CPU: forced host devices, one per core)", positive=True)
+    driver: str = setting("auto", "epoch driver; auto: the one measured faster on this backend", choices=("auto", "scan", "loop"))
+    checkpoint_every: int = setting(10, "save the resumable `latest` checkpoint every N epochs (and at the end)", positive=True)
+    out: str = setting("runs/dna", "run folder; a run already there is resumed")
 
     def model_id(self) -> str:
         return f"BiLSTMClassifier(hidden_dim={self.hidden_dim})"
@@ -75,6 +75,7 @@ class DNAData:
         return bool(self.lengths.min() != self.lengths.max())
 
     def arrays(self, part: str) -> dict[str, np.ndarray]:
+        """The split's batch arrays: x, y (and `length` when lengths vary)."""
         idx = self.split[part]
         arrays = {"x": self.x[idx], "y": self.y[idx].astype(np.float32)}
         if self.variable_length:
@@ -82,7 +83,7 @@ class DNAData:
         return arrays
 
 
-def load_data(config: DNAConfig) -> DNAData:
+def load_data(config: Config) -> DNAData:
     """Read, encode and split the labeled sequences named by config.data (or the bundled file)."""
     path = Path(config.data) if config.data else default_dna_csv()
     records = read_sequences(path, seq_column=config.seq_column, label_column=config.label_column)
@@ -97,7 +98,7 @@ def load_data(config: DNAConfig) -> DNAData:
     return DNAData(str(path), x, lengths, records.labels, split)
 
 
-def build_model(config: DNAConfig) -> BiLSTMClassifier:
+def build_model(config: Config) -> BiLSTMClassifier:
     return BiLSTMClassifier(hidden_dim=config.hidden_dim)
 
 
@@ -105,137 +106,111 @@ def _accuracy(logits, batch):
     return ((logits > 0) == (batch["y"] > 0.5)).astype(logits.dtype)
 
 
-def make_task(model: BiLSTMClassifier, variable_length: bool) -> Task:
+def make_task(config: Config, model: BiLSTMClassifier) -> Task:
+    """Binary cross entropy on the logit; `length` is passed when the split has it."""
     return Task(
         model=model,
         loss=lambda logits, batch: binary_cross_entropy_with_logits(logits, batch["y"]),
-        input_keys=("x", "length") if variable_length else ("x",),
+        input_keys=("x", "length"),
         metrics=lambda logits, batch: {"accuracy": _accuracy(logits, batch)},
         drivers=DRIVERS,
+        sweep_parallel=SWEEP_PARALLEL,
     )
 
 
-def make_optimizer(lr: float) -> optax.GradientTransformation:
+def make_optimizer(config: Config) -> optax.GradientTransformation:
     """Adam (torch defaults: b1 0.9, b2 0.999, eps 1e-8) with the rate as a state value."""
-    return optax.inject_hyperparams(optax.adam)(learning_rate=lr)
+    return optax.inject_hyperparams(optax.adam)(learning_rate=config.lr)
 
 
-def _probabilities(logits: np.ndarray) -> np.ndarray:
-    return 1.0 / (1.0 + np.exp(-logits.astype(np.float64)))
+def _split_metrics(data: DNAData, part: str, logits: np.ndarray) -> dict:
+    return {"auc": roc_auc(data.y[data.split[part]], sigmoid(logits))}
 
 
-def train_and_evaluate(config: DNAConfig, *, progress: bool = True, initial_params=None) -> dict:
+HOOKS = common.Hooks(
+    name="dna",
+    title="BiLSTM",
+    example_inputs=lambda config: (np.zeros((1, 8, 4), np.float32),),
+    split_metrics=_split_metrics,
+    plateau=lambda config: PlateauConfig(factor=config.plateau_factor, patience=config.plateau_patience),
+)
+
+
+def train_and_evaluate(config: Config, *, progress: bool = True, initial_params=None) -> dict:
     """Train (resuming if config.out holds a checkpoint), test, and write the run folder.
 
     initial_params: start a new run from these parameters instead of the seed's (e.g. a torch
     model's, from `molml_jax.interop.lstm_params_from_torch`). Returns the summary (also
-    written to summary.json).
+    summary.json): test_auc of the best-validation checkpoint, last_test_auc, ...
     """
-    run_dir = Path(config.out)
-    data = load_data(config)  # bad input fails here, before anything is written
-    check_resumable(run_dir, config, PIPELINE)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    write_json(run_dir / "config.json", config_record(config, PIPELINE))
-
-    model = build_model(config)
-    task = make_task(model, data.variable_length)
-    tx = make_optimizer(config.lr)
-    engine = Engine(task, tx, batch_size=config.batch_size, devices=config.devices, driver=config.driver)
-    sample = tuple(v[:1] for k, v in data.arrays("train").items() if k in task.input_keys)
-    state = create_train_state(model, tx, sample, config.seed)
-    if initial_params is not None:
-        params = jax.tree.map(lambda new, old: np.asarray(new, old.dtype), initial_params, state.params)
-        state = state.replace(params=params, opt_state=tx.init(params))
-    train, val, test = (engine.put(data.arrays(part)) for part in ("train", "val", "test"))
-    fit_config = FitConfig(
-        epochs=config.epochs,
-        plateau=PlateauConfig(factor=config.plateau_factor, patience=config.plateau_patience),
-        early_stopping_patience=config.early_stopping_patience,
-        checkpoint_every=config.checkpoint_every,
-        progress=progress,
-    )
-    result = fit(engine, state, train, val, fit_config, run_dir, model_id=config.model_id())
-
-    y_test = data.y[data.split["test"]]
-    _, last_logits = engine.evaluate(engine.replicate(result.state), test, return_outputs=True)
-    best_state, _ = Checkpoints(run_dir / "checkpoints").restore("best", result.state, expect_model=config.model_id())
-    best_metrics, best_logits = engine.evaluate(engine.replicate(best_state), test, return_outputs=True)
-    summary = {
-        "test_auc": float(roc_auc_score(y_test, _probabilities(best_logits))),
-        "test_auc_last_epoch": float(roc_auc_score(y_test, _probabilities(last_logits))),
-        "test_loss": best_metrics["loss"],
-        "test_accuracy": best_metrics["accuracy"],
-        **run_facts(result, engine),
-        "n_train": int(len(data.split["train"])),
-        "n_val": int(len(data.split["val"])),
-        "n_test": int(len(data.split["test"])),
-    }
-    write_json(run_dir / "summary.json", summary)
-    plot_loss_curves(result.history, run_dir / "loss_curve.png",
-                     title=f"BiLSTM, hidden {config.hidden_dim}: test AUC {summary['test_auc']:.3f}")
-    return summary
+    return common.train_and_evaluate(_this, config, progress=progress,
+                                     initial_params=initial_params)
 
 
-def load_run(run_dir: str | Path, *, checkpoint: str = "best"):
+def sweep(config: Config, lrs, *, seeds: int = 1, parallel: str = "auto", progress: bool = True,
+          wandb: bool = False) -> dict:
+    """Learning rates x seeds on the same split and batches (see common.sweep)."""
+    return common.sweep(_this, config, lrs, seeds=seeds, parallel=parallel,
+                        progress=progress, wandb=wandb)
+
+
+def load_run(run_dir, checkpoint: str = "best"):
     """(config, model, variables) of a trained run; `checkpoint` 'best' or 'latest'."""
-    run_dir = Path(run_dir)
-    config = stored_config(run_dir, PIPELINE, DNAConfig)
-    model = build_model(config)
-    tx = make_optimizer(config.lr)
-    template = create_train_state(model, tx, (np.zeros((1, 8, 4), np.float32),), 0)
-    template = jax.tree.map(np.asarray, template)
-    if not (run_dir / "checkpoints").is_dir():
-        raise InputError(f"{run_dir}: no checkpoints folder (did training start?)")
-    state, _ = Checkpoints(run_dir / "checkpoints", create=False).restore(
-        checkpoint, template, expect_model=config.model_id())
-    return config, model, {"params": state.params}
+    return common.load_run(_this, run_dir, checkpoint)
 
 
-def _score(run_dir, input_path, *, seq_column, label_column, batch_size=1024):
-    config, model, variables = load_run(run_dir)
-    records = read_sequences(input_path, seq_column=seq_column, label_column=label_column,
-                             require_labels=False)
+def predict_arrays(run, inputs, *, lengths=None, batch_size: int = 1024) -> np.ndarray:
+    """Binding probabilities of one-hot sequences.
+
+    run: a run folder, or what load_run returned. inputs: (N, L, 4) (or one (L, 4)) one-hot
+    in A, C, G, T order (molml_jax.data.one_hot), zero rows for N. lengths: (N,) real
+    lengths when the sequences were zero-padded to a common L (None: all L).
+    Returns probabilities (N,) float64 (a float for one sequence).
+    """
+    config, model, variables = common.resolve_run(_this, run)
+    x = common.check_array(inputs, "inputs", ndim=(2, 3), last=4, what="one-hot sequences (N, L, 4) or (L, 4)")
+    single = x.ndim == 2
+    x = x[None] if single else x
+    if lengths is not None:
+        lengths = np.asarray(lengths, np.int32).reshape(-1)
+        if len(lengths) != len(x) or lengths.min() < 1 or lengths.max() > x.shape[1]:
+            raise InputError(f"lengths: expected {len(x)} lengths in 1..{x.shape[1]}, got {lengths.tolist()[:5]}...")
+    probabilities = sigmoid(common.apply_in_batches(model, variables, (x, lengths), batch_size=batch_size))
+    return probabilities[0] if single else probabilities
+
+
+def _score(run_dir, input_path, *, seq_column, label_column):
+    run = load_run(run_dir)
+    records = read_sequences(input_path, seq_column=seq_column, label_column=label_column, require_labels=False)
     x, lengths = one_hot(records.sequences, names=records.names, source=records.source, allow_ragged=True)
     ragged = lengths.min() != lengths.max()
-    apply = jax.jit(lambda v, xb, lb: model.apply(v, xb, lb if ragged else None))
-    logits = []
-    for start in range(0, len(x), batch_size):
-        xb, lb = x[start:start + batch_size], lengths[start:start + batch_size]
-        if len(xb) < batch_size and len(x) > batch_size:  # one compiled shape: pad the tail
-            pad = batch_size - len(xb)
-            xb = np.concatenate([xb, np.zeros((pad,) + xb.shape[1:], xb.dtype)])
-            lb = np.concatenate([lb, np.ones(pad, lb.dtype)])
-        logits.append(np.asarray(apply(variables, xb, lb))[: min(batch_size, len(x) - start)])
-    probability = _probabilities(np.concatenate(logits))
-    auc = None
-    if records.labels is not None and len(np.unique(records.labels)) == 2:
-        auc = float(roc_auc_score(records.labels, probability))
+    probability = predict_arrays(run, x, lengths=lengths if ragged else None)
+    auc = roc_auc(records.labels, probability) if records.labels is not None else None
     return records, probability, auc
 
 
-def predict(run_dir, input_path, output_path, *, seq_column: str = "seq", label_column: str = "bind") -> dict:
-    """Write input_path's records with a `probability` column to output_path (input order).
-
-    CSV input keeps all its columns; FASTA input gives id, sequence, probability. Returns
-    {'n': count, 'auc': AUC or None (when the input has 0/1 labels)}.
+def predict(run_dir, input, output, *, seq_column: str = "seq", label_column: str = "bind") -> dict:
+    """Write the records of `input` (CSV/TSV or FASTA) with a `probability` column to the CSV
+    `output`, in input order. CSV input keeps all its columns; FASTA gives id, sequence,
+    probability. Returns {'n': count, 'auc': AUC or None (when the input has 0/1 labels)}.
     """
-    records, probability, auc = _score(run_dir, input_path, seq_column=seq_column, label_column=label_column)
+    records, probability, auc = _score(run_dir, input, seq_column=seq_column, label_column=label_column)
     if records.table is not None:
         table = records.table.copy()
         table["probability"] = probability
     else:
         table = pd.DataFrame({"id": records.names, "sequence": records.sequences, "probability": probability})
-    output_path = Path(output_path)
-    output_path.parent.mkdir(parents=True, exist_ok=True)
-    table.to_csv(output_path, index=False)
+    output = Path(output)
+    output.parent.mkdir(parents=True, exist_ok=True)
+    table.to_csv(output, index=False)
     return {"n": len(probability), "auc": auc}
 
 
-def evaluate(run_dir, input_path, *, seq_column: str = "seq", label_column: str = "bind") -> dict:
+def evaluate(run_dir, input, *, seq_column: str = "seq", label_column: str = "bind") -> dict:
     """AUC of the run's best checkpoint on a labeled file (nothing written)."""
-    records, probability, auc = _score(run_dir, input_path, seq_column=seq_column, label_column=label_column)
+    records, probability, auc = _score(run_dir, input, seq_column=seq_column, label_column=label_column)
     if records.labels is None:
-        raise InputError(f"{input_path}: no label column '{label_column}' to evaluate against")
+        raise InputError(f"{input}: no label column '{label_column}' to evaluate against")
     if auc is None:
-        raise InputError(f"{input_path}: labels are all {records.labels[0]}; AUC needs both 0 and 1")
+        raise InputError(f"{input}: labels are all {records.labels[0]}; AUC needs both 0 and 1")
     return {"n": len(probability), "auc": auc}

@@ -2,63 +2,69 @@
 (problem set 2, part 2), and a predictor for one's own microscopy images.
 
     from molml_jax.pipelines import segmentation as seg
-    summary = seg.train_and_evaluate(seg.SegmentationConfig(epochs=20, out="runs/seg"))
+    summary = seg.train_and_evaluate(seg.Config(epochs=20, out="runs/seg"))
     seg.predict("runs/seg", "my_images/", "my_masks/")
+    probabilities = seg.predict_arrays("runs/seg", images)        # (N, H, W) -> (N, H, W)
 """
 
 from __future__ import annotations
 
 import dataclasses
 import functools
+import sys
 from pathlib import Path
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 import optax
 
 from molml_jax.data import (
-    crop_to, default_cells_tarball, pad_to_multiple, read_image_pairs, read_images_for_prediction,
-    split_indices, write_mask_png,
+    default_cells_tarball, read_image_pairs, read_images_for_prediction, split_indices, write_mask_png,
 )
 from molml_jax.data.augment import random_rotation
 from molml_jax.errors import InputError
+from molml_jax.metrics.classification import sigmoid
+from molml_jax.metrics.segmentation import dice_and_iou, dice_loss_jax, mean_average_precision, thresholded_dice_iou
 from molml_jax.models.unet import UNet
-from molml_jax.pipelines.common import check_resumable, config_record, run_facts, stored_config
-from molml_jax.plots import plot_loss_curves, plot_segmentation_examples
-from molml_jax.train import AXIS, Checkpoints, Engine, FitConfig, Task, create_train_state, fit
-from molml_jax.train.run_folder import write_json
-from molml_jax.train.segmentation_metrics import dice_and_iou, dice_loss_jax, mean_average_precision
+from molml_jax.pipelines import common
+from molml_jax.pipelines.common import setting
+from molml_jax.plots import plot_segmentation_examples
+from molml_jax.train import AXIS, Task
 
-PIPELINE = "segmentation"
-# CPU: loop. XLA's own convolutions are several times slower inside lax.scan (PITFALLS.md);
-# with the oneDNN ones (the default) scan and loop measured the same (6.1-6.6 s per epoch).
-DRIVERS = {"cpu": "loop", "gpu": "scan", "cuda": "scan", "rocm": "scan"}
+_this = sys.modules[__name__]  # what the shared verbs in `common` are given
+# CPU: loop. XLA's own convolutions are several times slower inside lax.scan; with the
+# oneDNN ones (the default) scan and loop measured the same (6.1-6.6 s per epoch).
+DRIVERS = {"cpu": "loop", "gpu": "scan", "tpu": "scan"}
+# Measured (README, "Sweeps"): sequential on CPU, where vmapped convolutions run one
+# configuration after another anyway; vmap on accelerators.
+SWEEP_PARALLEL = {"cpu": "sequential", "gpu": "vmap", "tpu": "vmap"}
+MULTIPLE = 16  # the U-Net halves the size four times
 
 
 @dataclasses.dataclass
-class SegmentationConfig:
+class Config:
     """Every setting of a segmentation run; the defaults are the course's. Saved as config.json."""
 
-    data: str | None = None  # folder or .tar.gz of image/mask pairs; None: the bundled course tarball
-    image_tag: str = "cells"
-    mask_tag: str = "masks"
-    resize: tuple[int, int] | None = None
-    binarize_masks: bool = False
-    rotation: float = 180.0  # degrees; 0 turns augmentation off
-    epochs: int = 20
-    batch_size: int = 4
-    lr: float = 1e-3
-    num_kernel: int = 8
-    kernel_size: int = 3
-    seed: int = 0
-    test_fraction: float = 0.2
-    val_fraction: float = 0.125  # of the rest: 70 / 10 / 20 overall
-    early_stopping_patience: int | None = None
-    devices: int = 1
-    driver: str = "auto"
-    checkpoint_every: int = 1
-    out: str = "runs/segmentation"
+    data: str | None = setting(None, "folder or .tar.gz of image/mask pairs; none: the bundled course tarball")
+    image_tag: str = setting("cells", "images are NAME_<tag>.EXT")
+    mask_tag: str = setting("masks", "masks are NAME_<tag>.EXT")
+    resize: tuple[int, int] | None = setting(None, "resize every pair to H W pixels (multiples of 16)", positive=True,
+                                             metavar=("H", "W"))
+    binarize_masks: bool = setting(False, "threshold masks at 0.5 (and rotate them nearest-neighbour)")
+    rotation: float = setting(180.0, "random rotation of training pairs in [-DEGREES, DEGREES]; 0 turns it off")
+    epochs: int = setting(20, "epochs to train (a resumed run trains up to this number)", positive=True)
+    batch_size: int = setting(4, "images per batch", positive=True)
+    lr: float = setting(1e-3, "Adam learning rate", positive=True)
+    num_kernel: int = setting(8, "channels of the first U-Net level", positive=True)
+    kernel_size: int = setting(3, "convolution kernel size (odd)", positive=True)
+    seed: int = setting(0, "seed of the split, the initial weights, the rotations and the batch order")
+    test_fraction: float = setting(0.2, "fraction of the pairs held out for testing")
+    val_fraction: float = setting(0.125, "fraction of the rest used for validation (70/10/20 overall)")
+    early_stopping_patience: int | None = setting(None, "stop after this many epochs without a lower validation loss; none: never", positive=True)
+    devices: int = setting(1, "data-parallel devices (on CPU: forced host devices, one per core)", positive=True)
+    driver: str = setting("auto", "epoch driver; auto: the one measured faster on this backend", choices=("auto", "scan", "loop"))
+    checkpoint_every: int = setting(1, "save the resumable `latest` checkpoint every N epochs (and at the end)", positive=True)
+    out: str = setting("runs/segmentation", "run folder; a run already there is resumed")
 
     def model_id(self) -> str:
         return f"UNet(num_kernel={self.num_kernel}, kernel_size={self.kernel_size})"
@@ -79,13 +85,14 @@ class SegmentationData:
         return {"x": self.images[idx], "y": self.masks[idx]}
 
 
-def load_data(config: SegmentationConfig) -> SegmentationData:
+def load_data(config: Config) -> SegmentationData:
+    """Read the image/mask pairs of config.data (or the bundled course tarball) and split them."""
     source = Path(config.data) if config.data else default_cells_tarball()
     pairs = read_image_pairs(source, image_tag=config.image_tag, mask_tag=config.mask_tag,
                              resize=config.resize, binarize_masks=config.binarize_masks)
     h, w = pairs.images.shape[1:]
-    if h % 16 or w % 16:
-        raise InputError(f"{source}: images are {h}x{w}; the U-Net needs multiples of 16 (use --resize H W)")
+    if h % MULTIPLE or w % MULTIPLE:
+        raise InputError(f"{source}: images are {h}x{w}; the U-Net needs multiples of {MULTIPLE} (use --resize H W)")
     try:
         split = split_indices(len(pairs.images), seed=config.seed, test_fraction=config.test_fraction,
                               val_fraction=config.val_fraction)
@@ -94,119 +101,102 @@ def load_data(config: SegmentationConfig) -> SegmentationData:
     return SegmentationData(str(source), list(pairs.names), pairs.images, pairs.masks, split)
 
 
-def build_model(config: SegmentationConfig, axis_name: str | None = None) -> UNet:
-    return UNet(num_kernel=config.num_kernel, kernel_size=config.kernel_size, axis_name=axis_name)
+def build_model(config: Config) -> UNet:
+    """The U-Net for one device (BatchNorm over its own batch); make_task's copy averages
+    BatchNorm statistics over the devices of a data-parallel step."""
+    return UNet(num_kernel=config.num_kernel, kernel_size=config.kernel_size)
 
 
-def make_optimizer(lr: float) -> optax.GradientTransformation:
+def make_optimizer(config: Config) -> optax.GradientTransformation:
     """Adam (torch defaults) with the rate as a state value."""
-    return optax.inject_hyperparams(optax.adam)(learning_rate=lr)
+    return optax.inject_hyperparams(optax.adam)(learning_rate=config.lr)
 
 
-def _metrics(logits, batch):
-    """Per-image Dice and IoU at threshold 0.5 (both empty: 1)."""
-    pred = logits > 0.0  # sigmoid(logit) > 0.5
-    true = batch["y"] > 0.5
-    inter = jnp.sum(pred & true, axis=(1, 2)).astype(jnp.float32)
-    p, t = jnp.sum(pred, axis=(1, 2)).astype(jnp.float32), jnp.sum(true, axis=(1, 2)).astype(jnp.float32)
-    union = p + t - inter
-    dice = jnp.where(p + t > 0, 2 * inter / jnp.maximum(p + t, 1), 1.0)
-    iou = jnp.where(union > 0, inter / jnp.maximum(union, 1), 1.0)
-    return {"dice": dice, "iou": iou}
-
-
-def make_task(model: UNet, config: SegmentationConfig) -> Task:
+def make_task(config: Config, model: UNet) -> Task:
+    """Dice loss per image on sigmoid(logits); rotation of training pairs on the device."""
     augment = None
     if config.rotation:
         augment = functools.partial(random_rotation, degrees=float(config.rotation),
                                     mask_mode="nearest" if config.binarize_masks else "bilinear")
     return Task(
-        model=model,
+        model=model.clone(axis_name=AXIS),  # BatchNorm statistics over every device's examples
         # the problem set's Dice loss, 1 - (2 sum(p t) + 1) / (sum p + sum t + 1), per image
         loss=lambda logits, batch: dice_loss_jax(jax.nn.sigmoid(logits), batch["y"]),
-        metrics=_metrics,
+        metrics=lambda logits, batch: thresholded_dice_iou(logits > 0.0, batch["y"] > 0.5),
         augment=augment,
         train_kwargs={"mask": "_weight"},  # BatchNorm statistics without short-batch padding
         drivers=DRIVERS,
+        sweep_parallel=SWEEP_PARALLEL,
     )
 
 
-def _evaluate_test(engine, state, test, data):
-    metrics, logits = engine.evaluate(engine.replicate(state), test, return_outputs=True)
-    prob = 1.0 / (1.0 + np.exp(-logits.astype(np.float64)))
-    truth = data.masks[data.split["test"]]
-    dice, iou = dice_and_iou(prob, truth)
-    m_ap = mean_average_precision(list(prob > 0.5), list(truth > 0.5))
-    return {"dice": float(dice.mean()), "iou": float(iou.mean()), "map": m_ap, "loss": metrics["loss"]}, prob
+def _split_metrics(data: SegmentationData, part: str, logits: np.ndarray) -> dict:
+    """Dice and IoU per image at 0.5 (means), and the Data Science Bowl 2018 mAP."""
+    probability = sigmoid(logits)
+    truth = data.masks[data.split[part]]
+    dice, iou = dice_and_iou(probability, truth)
+    return {"dice": float(dice.mean()), "iou": float(iou.mean()),
+            "map": mean_average_precision(list(probability > 0.5), list(truth > 0.5))}
 
 
-def train_and_evaluate(config: SegmentationConfig, *, progress: bool = True) -> dict:
-    """Train (resuming if config.out holds a checkpoint), test the best checkpoint, and
-    write the run folder. Returns the summary (summary.json)."""
-    run_dir = Path(config.out)
-    data = load_data(config)  # bad input fails here, before anything is written
-    check_resumable(run_dir, config, PIPELINE)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    write_json(run_dir / "config.json", {**config_record(config, PIPELINE), "data_source": data.source})
-
-    model = build_model(config, axis_name=AXIS)
-    task = make_task(model, config)
-    tx = make_optimizer(config.lr)
-    engine = Engine(task, tx, batch_size=config.batch_size, devices=config.devices, driver=config.driver)
-    # parameters are initialised outside pmap, with the same module minus the device axis
-    state = create_train_state(build_model(config), tx, (data.images[:1],), config.seed)
-    train, val, test = (engine.put(data.arrays(part)) for part in ("train", "val", "test"))
-    fit_config = FitConfig(epochs=config.epochs, early_stopping_patience=config.early_stopping_patience,
-                           checkpoint_every=config.checkpoint_every, progress=progress)
-    result = fit(engine, state, train, val, fit_config, run_dir, model_id=config.model_id())
-
-    last, _ = _evaluate_test(engine, result.state, test, data)
-    best_state, _ = Checkpoints(run_dir / "checkpoints").restore("best", result.state, expect_model=config.model_id())
-    best, prob = _evaluate_test(engine, best_state, test, data)
-    summary = {
-        "test_dice": best["dice"], "test_iou": best["iou"], "test_map": best["map"], "test_loss": best["loss"],
-        "test_dice_last_epoch": last["dice"], "test_iou_last_epoch": last["iou"], "test_map_last_epoch": last["map"],
-        **run_facts(result, engine),
-        "n_train": int(len(data.split["train"])), "n_val": int(len(data.split["val"])),
-        "n_test": int(len(data.split["test"])), "data": data.source,
-    }
-    write_json(run_dir / "summary.json", summary)
-    plot_loss_curves(result.history, run_dir / "loss_curve.png",
-                     title=f"U-Net: test Dice {best['dice']:.3f}, IoU {best['iou']:.3f}")
+def _figures(run_dir: Path, config: Config, data: SegmentationData, outputs: dict) -> None:
     test_idx = data.split["test"][:3]
-    plot_segmentation_examples(data.images[test_idx], prob[:3] > 0.5, data.masks[test_idx] > 0.5,
+    plot_segmentation_examples(data.images[test_idx], outputs["test"][:3] > 0.0, data.masks[test_idx] > 0.5,
                                [data.names[i] for i in test_idx], run_dir / "segmentation_examples.png")
-    return summary
 
 
-def load_run(run_dir: str | Path, *, checkpoint: str = "best"):
+HOOKS = common.Hooks(
+    name="segmentation",
+    title="U-Net",
+    example_inputs=lambda config: (np.zeros((1, MULTIPLE, MULTIPLE), np.float32),),
+    split_metrics=_split_metrics,
+    figures=_figures,
+)
+
+
+def train_and_evaluate(config: Config, *, progress: bool = True) -> dict:
+    """Train (resuming if config.out holds a checkpoint), test the best checkpoint, and
+    write the run folder. Returns the summary (summary.json): test_dice, test_iou, test_map,
+    last_test_..., best_val_..., best_epoch, ..."""
+    return common.train_and_evaluate(_this, config, progress=progress)
+
+
+def sweep(config: Config, lrs, *, seeds: int = 1, parallel: str = "auto", progress: bool = True,
+          wandb: bool = False) -> dict:
+    """Learning rates x seeds on the same split and batches (see common.sweep)."""
+    return common.sweep(_this, config, lrs, seeds=seeds, parallel=parallel, progress=progress, wandb=wandb)
+
+
+def load_run(run_dir, checkpoint: str = "best"):
     """(config, model, variables) of a trained run, the model without a device axis."""
-    run_dir = Path(run_dir)
-    config = stored_config(run_dir, PIPELINE, SegmentationConfig)
-    model = build_model(config)
-    tx = make_optimizer(config.lr)
-    template = jax.tree.map(np.asarray, create_train_state(model, tx, (np.zeros((1, 16, 16), np.float32),), 0))
-    if not (run_dir / "checkpoints").is_dir():
-        raise InputError(f"{run_dir}: no checkpoints folder (did training start?)")
-    state, _ = Checkpoints(run_dir / "checkpoints", create=False).restore(
-        checkpoint, template, expect_model=config.model_id())
-    return config, model, {"params": state.params, "batch_stats": state.batch_stats}
+    return common.load_run(_this, run_dir, checkpoint)
 
 
-def predict(run_dir, input_path, output_dir, *, threshold: float = 0.5) -> dict:
-    """Write one 0/255 mask PNG per input image (same stem) into output_dir.
+def predict_arrays(run, inputs, *, batch_size: int = 8) -> np.ndarray:
+    """Foreground probability per pixel of grey images.
 
-    Images of any size: zero-padded to a multiple of 16 for the network, cropped back.
+    run: a run folder, or what load_run returned. inputs: (N, H, W) (or one (H, W)) grey
+    images scaled as in training (values / 255 for 8-bit images), any H and W: zero-padded
+    to multiples of 16 for the network and cropped back. Returns (N, H, W) float64 ((H, W) for one).
     """
-    config, model, variables = load_run(run_dir)
-    names, images = read_images_for_prediction(input_path)
-    apply = jax.jit(lambda v, x: model.apply(v, x, train=False))
-    output_dir = Path(output_dir)
-    output_dir.mkdir(parents=True, exist_ok=True)
-    written = []
+    config, model, variables = common.resolve_run(_this, run)
+    x = common.check_array(inputs, "inputs", ndim=(2, 3), what="grey images (N, H, W) or (H, W)")
+    single = x.ndim == 2
+    x = x[None] if single else x
+    h, w = x.shape[1:]
+    padded = np.pad(x, ((0, 0), (0, -h % MULTIPLE), (0, -w % MULTIPLE)))
+    logits = common.apply_in_batches(model, variables, (padded,), batch_size=batch_size)
+    probabilities = sigmoid(logits[:, :h, :w])
+    return probabilities[0] if single else probabilities
+
+
+def predict(run_dir, input, output, *, threshold: float = 0.5) -> dict:
+    """Write one 0/255 mask PNG per image of `input` (an image, or a folder or tarball of
+    them) into the folder `output`, with the image's stem. Images of any size."""
+    run = load_run(run_dir)
+    names, images = read_images_for_prediction(input)
+    output = Path(output)
+    output.mkdir(parents=True, exist_ok=True)
     for name, image in zip(names, images):
-        padded, size = pad_to_multiple(image, 16)
-        logits = np.asarray(apply(variables, padded[None]))[0]
-        mask = crop_to(logits, size) > np.log(threshold / (1 - threshold))
-        written.append(write_mask_png(output_dir / f"{Path(name).stem}.png", mask))
-    return {"n": len(written), "output": str(output_dir)}
+        write_mask_png(output / f"{Path(name).stem}.png", predict_arrays(run, image) > threshold)
+    return {"n": len(names), "output": str(output)}

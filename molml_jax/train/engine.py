@@ -99,7 +99,7 @@ class Engine:
             raise ValueError(f"driver must be 'scan', 'loop' or 'auto', not {driver!r}")
         pmap = lambda f, in_axes: jax.pmap(f, axis_name=AXIS, in_axes=in_axes, devices=self.devices)
         self._epoch = pmap(self._scan_epoch, (0, 0, None, None))
-        self._step = pmap(self._indexed_step, (0, 0, 0, 0, 0, None))
+        self._step = pmap(self._batch_step, (0, 0, 0, 0, 0, None))
         self._eval = pmap(self._eval_step, (0, 0, 0, 0))
         self._plan = jax.jit(batch_plan, static_argnums=(1, 2, 3, 4))
         self._identity = jax.pmap(lambda tree: tree, axis_name=AXIS, devices=self.devices)
@@ -136,7 +136,7 @@ class Engine:
         variables = {"params": params}
         if batch_stats:
             variables["batch_stats"] = batch_stats
-        inputs = [batch[k] for k in self.task.input_keys]
+        inputs = [batch.get(k) for k in self.task.input_keys]
         kwargs = {name: batch[key] for name, key in self.task.train_kwargs.items()} if train else {}
         if train and batch_stats:
             out, updates = self.task.model.apply(
@@ -154,6 +154,9 @@ class Engine:
         return jax.lax.psum(sums, AXIS)
 
     def _train_step(self, state: TrainState, batch) -> tuple[TrainState, dict]:
+        """One optimizer step on this device's share of the global batch: augment, forward,
+        weighted loss, gradients summed over devices / global count of real examples,
+        batch statistics averaged over devices, optax update. Returns metric sums."""
         step_key = jax.random.fold_in(state.key, state.step)
         if self.task.augment is not None:
             batch = self.task.augment(jax.random.fold_in(step_key, 0), batch)
@@ -184,16 +187,15 @@ class Engine:
         batch["_weight"], batch["_position"] = weight, position
         return batch
 
-    def _configs_step(self, state, batch, active):
-        """The step for one configuration, or vmapped over K of them (frozen where not active)."""
+    def _batch_step(self, state, data, index, weight, position, active):
+        """Gather one batch from the device-resident split and take the train step: for one
+        configuration, or vmapped over K of them (those not `active` keep their state)."""
+        batch = self._gather(data, index, weight, position)
         if self.configs is None:
             return self._train_step(state, batch)
         new, sums = jax.vmap(self._train_step, in_axes=(0, None))(state, batch)
         keep = lambda n, o: jnp.where(active.reshape((-1,) + (1,) * (n.ndim - 1)), n, o)
         return jax.tree.map(keep, new, state), sums
-
-    def _indexed_step(self, state, data, index, weight, position, active):
-        return self._configs_step(state, self._gather(data, index, weight, position), active)
 
     def _scan_epoch(self, state, data, key_data, active):
         n = next(iter(data.values())).shape[0]
@@ -202,8 +204,8 @@ class Engine:
         me = jax.lax.axis_index(AXIS)
         plan = (index[:, me], weight[:, me], position[:, me])
 
-        def body(state, batch_plan_row):
-            return self._configs_step(state, self._gather(data, *batch_plan_row), active)
+        def body(state, plan_row):
+            return self._batch_step(state, data, *plan_row, active)
 
         state, sums = jax.lax.scan(body, state, plan)
         return state, jax.tree.map(lambda s: s.sum(0), sums)

@@ -58,13 +58,22 @@ def read_run_config(run_dir: str | Path, pipeline: str) -> dict:
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
         raise InputError(f"{run_dir}: no such run folder")
-    path = run_dir / "config.json"
-    if not path.is_file():
+    if not (run_dir / "config.json").is_file():
         raise InputError(f"{run_dir}: not a run folder (no config.json)")
+    return read_config_file(run_dir / "config.json", pipeline, where=run_dir)
+
+
+def read_config_file(path: str | Path, pipeline: str, *, where: str | Path | None = None) -> dict:
+    """A stored config.json of a `pipeline` run (InputError if missing, unreadable or of
+    another pipeline; `where` names the run folder in that message)."""
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"{path}: no such config file (give RUN/config.json or a run folder)")
     try:
         config = json.loads(path.read_text())
-    except json.JSONDecodeError as err:
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
         raise InputError(f"{path}: not valid JSON ({err})") from None
-    if config.get("pipeline") != pipeline:
-        raise InputError(f"{run_dir}: is a {config.get('pipeline', 'unknown')} run, not a {pipeline} run")
+    if not isinstance(config, dict) or config.get("pipeline") != pipeline:
+        found = config.get("pipeline", "unknown") if isinstance(config, dict) else "unknown"
+        raise InputError(f"{where or path}: is a {found} run, not a {pipeline} run")
     return config

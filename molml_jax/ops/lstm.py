@@ -1,10 +1,13 @@
-"""A fast single-direction LSTM recurrence for XLA:CPU, with a hand-written gradient.
+"""One LSTM direction for XLA:CPU, with a hand-written gradient.
 
-Why not `nn.RNN(nn.LSTMCell)`: on XLA:CPU each loop iteration costs in proportion to its
-ops, and the time goes into elementwise work and memory traffic, not the tiny matmul.
-Measured on this project's 2-core machine for one (batch 256, length 101, hidden 16)
-train step, forward + grad: flax cell with autodiff ~16 ms; this kernel ~7 ms. Three
-changes do it:
+What: `lstm_layer(x (B, L, C), kernel_ih (C, 4H), kernel_hh (H, 4H), bias (4H,), lengths
+(B,) or None, reverse=...)` -> outputs (B, L, H) or None, (h, c) each (B, H), with torch
+nn.LSTM semantics (gates i, f, g, o; variable lengths as a packed sequence).
+`lstm_recurrence` is the time loop underneath, time- and hidden-major, with a custom VJP.
+
+Why not `nn.RNN(nn.LSTMCell)`: on XLA:CPU a loop iteration costs in proportion to its ops
+and memory traffic, not the tiny matmul, and three changes halve a train step
+(docs/performance.md):
   - the four gates come from ONE tanh over the (4H, B) pre-activations, because
     sigmoid(z) = 0.5 * tanh(z / 2) + 0.5 (the /2 is folded into the weights outside the loop;
     XLA:CPU's logistic and per-gate slices before a transcendental vectorise badly);
@@ -12,8 +15,7 @@ changes do it:
     vectorises along the batch;
   - a custom VJP: the forward loop writes one residual block per step and the backward
     loop accumulates the weight gradients as it goes, instead of autodiff's stacked
-    intermediates (the loops are bound by memory traffic, not arithmetic).
-Gate order is PyTorch's: i, f, g, o.
+    intermediates.
 """
 
 from __future__ import annotations

@@ -191,3 +191,16 @@ def mean_average_precision(
     return float(
         np.mean([dsb2018_average_precision(p, t, connectivity=connectivity) for p, t in zip(preds, trues)])
     )
+
+
+def thresholded_dice_iou(pred, true) -> dict:
+    """Per-image Dice and IoU of boolean masks (B, H, W) -> {'dice': (B,), 'iou': (B,)} (jnp,
+    for the engine's per-batch metrics); an image where both masks are empty scores 1."""
+    import jax.numpy as jnp
+
+    inter = jnp.sum(pred & true, axis=(1, 2)).astype(jnp.float32)
+    p, t = jnp.sum(pred, axis=(1, 2)).astype(jnp.float32), jnp.sum(true, axis=(1, 2)).astype(jnp.float32)
+    union = p + t - inter
+    dice = jnp.where(p + t > 0, 2 * inter / jnp.maximum(p + t, 1), 1.0)
+    iou = jnp.where(union > 0, inter / jnp.maximum(union, 1), 1.0)
+    return {"dice": dice, "iou": iou}

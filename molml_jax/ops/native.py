@@ -1,8 +1,10 @@
-"""Native XLA:CPU kernels: oneDNN convolutions registered as XLA FFI targets.
+"""Native XLA:CPU kernels: oneDNN convolutions registered as XLA FFI targets, which
+`molml_jax.ops.conv` calls on CPU.
 
-`onednn_conv.cc` is compiled once per (source, jaxlib, oneDNN) into the user cache
-(`$MOLML_JAX_CACHE`, else `$XDG_CACHE_HOME/molml_jax`, else `~/.cache/molml_jax`) with the C++
-compiler `$CXX` (default g++), against jaxlib's FFI headers and the oneDNN CPU build from PyPI
+`onednn_conv.cc` (next to this file, shipped as package data) is compiled once per
+(source, jaxlib, oneDNN) into the user cache (`$MOLML_JAX_CACHE`, else
+`$XDG_CACHE_HOME/molml_jax`, else `~/.cache/molml_jax`) with the C++ compiler `$CXX`
+(default g++), against jaxlib's FFI headers and the oneDNN CPU build from PyPI
 (`onednn-devel-cpu-gomp`, a core dependency on Linux x86-64), then loaded and registered.
 Where any ingredient is missing, `conv_targets()` returns None (and says why once, in a
 warning, when JAX's default backend is the CPU), and the models use XLA's own convolutions:
@@ -25,7 +27,7 @@ from pathlib import Path
 
 import jax
 
-SOURCE = Path(__file__).with_name("onednn_conv.cc")
+SOURCE = Path(__file__).with_name("onednn_conv.cc")  # molml_jax/ops/onednn_conv.cc, package data
 ONEDNN_LIBRARY = ("onednn-cpu-gomp", "libdnnl.so.3")
 ONEDNN_HEADERS = ("onednn-devel-cpu-gomp", "dnnl.hpp")
 # FFI target names (jax.ffi.ffi_call) of the three handlers in onednn_conv.cc

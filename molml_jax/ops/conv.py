@@ -1,14 +1,16 @@
-"""Convolutions, channels-last, stride 1: oneDNN on CPU, XLA elsewhere.
+"""Stride-1 convolutions, channels-last: oneDNN on CPU, XLA elsewhere.
 
-`conv2d(x, kernel, padding)` is `lax.conv_general_dilated(x, kernel, (1, 1), padding,
-("NHWC", "HWIO", "NHWC"))`. On CPU it runs the forward pass and both gradients through oneDNN
-(`molml_jax.native`, XLA FFI calls under a custom VJP); on GPU/TPU, or where the native library
-is unavailable, it is XLA's convolution. The two agree to float32 rounding (tests/test_conv.py).
+What: `conv2d(x (N, H, W, C_in), kernel (KH, KW, C_in, C_out), padding ((top, bottom),
+(left, right)))` -> (N, OH, OW, C_out), the value of `lax.conv_general_dilated(x, kernel,
+(1, 1), padding, ("NHWC", "HWIO", "NHWC"))`; `conv1d(x (N, L, C_in), kernel (K, C_in, C_out),
+(left, right))` is the same on a height-1 image. float32 on CPU runs the forward pass and
+both gradients through oneDNN (`molml_jax.ops.native`: XLA FFI calls under a custom VJP);
+on GPU/TPU, for other dtypes, or where the native library is unavailable, it is XLA's
+convolution. The two agree to float32 rounding (tests/test_conv.py).
 
-Why: XLA:CPU's (Eigen) convolutions with few channels on large images, and above all their
-gradients, are 2-3x slower than oneDNN's JIT kernels (batch 4, 3x3, ms for forward + input
-gradient + kernel gradient on the 2-core test machine: 8->8 @ 256x256 XLA 18.2, oneDNN 5.8,
-PyTorch 12.5), which is most of a U-Net step (benchmarks/torch_segmentation.py --step-times).
+Why: XLA:CPU's convolutions with few channels on large inputs, and above all their
+gradients, are 2-3x slower than oneDNN's JIT kernels, and they are most of a U-Net or CNN
+train step (numbers in docs/performance.md).
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
-from molml_jax.native import conv_targets
+from molml_jax.ops.native import conv_targets
 
 Padding = tuple[tuple[int, int], tuple[int, int]]
 _DIMENSIONS = ("NHWC", "HWIO", "NHWC")

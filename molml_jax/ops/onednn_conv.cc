@@ -1,4 +1,4 @@
-// 2-D convolutions for XLA:CPU through oneDNN, as XLA FFI handlers (molml_jax/models/conv.py).
+// 2-D convolutions for XLA:CPU through oneDNN, as XLA FFI handlers (molml_jax/ops/conv.py).
 //
 // Layouts are JAX's: x (N, H, W, C_in) NHWC, kernel (KH, KW, C_in, C_out) HWIO, y (N, OH, OW,
 // C_out), stride 1, explicit padding (top, bottom, left, right), OH = H + top + bottom - KH + 1.
