@@ -31,21 +31,30 @@ def motif_sequences(n: int, length: int, seed: int) -> tuple[list[str], np.ndarr
     return seqs, np.array(labels)
 
 
-@pytest.fixture
-def tiny_dna_csv(tmp_path) -> Path:
+def write_tiny_dna_csv(folder: Path) -> Path:
+    """240 labeled 24-bp sequences (motif_sequences) as folder/tiny.csv."""
     seqs, labels = motif_sequences(240, 24, seed=0)
-    path = tmp_path / "tiny.csv"
+    path = folder / "tiny.csv"
     pd.DataFrame({"seq": seqs, "bind": labels}).to_csv(path)
     return path
 
 
 @pytest.fixture
+def tiny_dna_csv(tmp_path) -> Path:
+    return write_tiny_dna_csv(tmp_path)
+
+
+@pytest.fixture
 def pairs_dir(tmp_path):
-    """20 pairs of 32x32 grey discs: s{i}_raw.png + s{i}_label.png."""
+    return write_pairs(tmp_path)
+
+
+def write_pairs(parent: Path) -> Path:
+    """20 pairs of 32x32 grey discs: parent/pairs/s{i}_raw.png + s{i}_label.png."""
     from PIL import Image
 
     rng = np.random.default_rng(0)
-    folder = tmp_path / "pairs"
+    folder = parent / "pairs"
     folder.mkdir()
     yy, xx = np.mgrid[:32, :32]
     for i in range(20):

@@ -35,16 +35,22 @@ KEYWORDS = {"train_and_evaluate": {"progress": True}, "load_run": {"checkpoint":
             "sweep": {"seeds": 1, "parallel": "auto", "progress": True, "wandb": False}}
 
 
-@pytest.fixture
-def tiny(request, tmp_path, tiny_dna_csv, pairs_dir):
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory):
+    """The tiny DNA file and image pairs of conftest, made once for this module."""
+    from conftest import write_pairs, write_tiny_dna_csv
+
+    folder = tmp_path_factory.mktemp("data")
+    return {"dna": write_tiny_dna_csv(folder), "pairs": write_pairs(folder)}
+
+
+def _tiny(name, data_dir):
     """(pipeline module, function: out folder -> tiny Config, inputs for predict_arrays)."""
-    name = request.param
     if name == "dna":
-        seqs, _ = motif_sequences(6, 24, seed=3)
         from molml_jax.data import one_hot
 
-        inputs = one_hot(seqs)[0]
-        return dna, lambda out, **kw: dna.Config(**{**dict(data=str(tiny_dna_csv), out=str(out), epochs=2,
+        inputs = one_hot(motif_sequences(6, 24, seed=3)[0])[0]
+        return dna, lambda out, **kw: dna.Config(**{**dict(data=str(data_dir["dna"]), out=str(out), epochs=2,
                                                            batch_size=32, hidden_dim=4), **kw}), inputs
     if name == "tf_binding":
         inputs = np.eye(4, dtype=np.float32)[np.random.default_rng(0).integers(0, 4, (5, 40))]
@@ -53,8 +59,22 @@ def tiny(request, tmp_path, tiny_dna_csv, pairs_dir):
             out=str(out)), **kw}), inputs
     inputs = np.random.default_rng(0).random((3, 37, 50)).astype(np.float32)
     return segmentation, lambda out, **kw: segmentation.Config(**{**dict(
-        data=str(pairs_dir), image_tag="raw", mask_tag="label", out=str(out), epochs=2, batch_size=4,
+        data=str(data_dir["pairs"]), image_tag="raw", mask_tag="label", out=str(out), epochs=2, batch_size=4,
         num_kernel=2), **kw}), inputs
+
+
+@pytest.fixture(scope="module", params=list(PIPELINES))
+def tiny(request, data_dir):
+    return _tiny(request.param, data_dir)
+
+
+@pytest.fixture(scope="module")
+def trained(tiny, tmp_path_factory):
+    """A tiny run of the pipeline, trained once: (module, config function, inputs, run folder, summary)."""
+    module, config_for, inputs = tiny
+    run = tmp_path_factory.mktemp(module.HOOKS.name) / "run"
+    summary = module.train_and_evaluate(config_for(run), progress=False)
+    return module, config_for, inputs, run, summary
 
 
 @pytest.mark.parametrize("name", PIPELINES)
@@ -74,11 +94,8 @@ def test_every_pipeline_has_the_same_names_and_signatures(name):
     assert module.HOOKS.name == name
 
 
-@pytest.mark.parametrize("tiny", list(PIPELINES), indirect=True)
-def test_train_then_load_run_and_predict_arrays(tiny, tmp_path):
-    module, config_for, inputs = tiny
-    run = tmp_path / "run"
-    summary = module.train_and_evaluate(config_for(run), progress=False)
+def test_train_then_load_run_and_predict_arrays(trained):
+    module, config_for, inputs, run, summary = trained
     history = pd.read_csv(run / "history.csv")
     assert summary["best_epoch"] == int(history.val_loss.idxmin()) + 1
     assert summary["best_val_loss"] == pytest.approx(history.val_loss.min(), rel=1e-5)
@@ -111,11 +128,11 @@ def test_train_then_load_run_and_predict_arrays(tiny, tmp_path):
         module.load_run(run, checkpoint="first")
 
 
-@pytest.mark.parametrize("tiny", list(PIPELINES), indirect=True)
 def test_sweep_vmapped_equals_sequential_for_every_pipeline(tiny, tmp_path):
     module, config_for, _ = tiny
-    results = {mode: module.sweep(config_for(tmp_path / mode, epochs=2), [1e-2, 1e-3], parallel=mode, progress=False)
-               for mode in ("vmap", "sequential")}
+    epochs = 1 if module is segmentation else 2  # the U-Net's compilation is most of its time
+    results = {mode: module.sweep(config_for(tmp_path / mode, epochs=epochs), [1e-2, 1e-3], parallel=mode,
+                                  progress=False) for mode in ("vmap", "sequential")}
     vmap, sequential = results["vmap"], results["sequential"]
     assert vmap["parallel"] == "vmap" and sequential["parallel"] == "sequential"
     for a, b in zip(vmap["rows"], sequential["rows"]):
@@ -124,8 +141,9 @@ def test_sweep_vmapped_equals_sequential_for_every_pipeline(tiny, tmp_path):
     for name in ("sweep.csv", "sweep.md", "sweep.json", "sweep_curves.png"):
         assert (tmp_path / "vmap" / name).is_file(), name
     assert "| 0.01 |" in (tmp_path / "vmap" / "sweep.md").read_text()
-    auto = module.sweep(config_for(tmp_path / "auto", epochs=1), [1e-2], progress=False)
-    assert auto["parallel"] == module.SWEEP_PARALLEL["cpu"]
+    from molml_jax.train.sweep import resolve_parallel
+
+    assert resolve_parallel("auto", module.SWEEP_PARALLEL) == module.SWEEP_PARALLEL["cpu"]  # jax's CPU backend here
 
 
 @pytest.mark.parametrize("lrs", [[], [1e-2, 0.0], [-1e-3]])
@@ -178,13 +196,22 @@ def test_help_and_unknown_commands_from_the_command_line():
     _one_line_error(_cli("tf_binding", "sweep", "--lrs", "0,1e-3"), "learning rates must be a non-empty list")
 
 
-@pytest.mark.parametrize("tiny", list(PIPELINES), indirect=True)
-def test_config_reruns_a_stored_run_exactly_and_foreign_configs_are_refused(tiny, tmp_path):
-    module, config_for, _ = tiny
+def _main(name, *args, capsys):
+    """The launcher in this process: (exit status, stdout, stderr)."""
+    import importlib
+
+    try:
+        importlib.import_module(f"experiments.{name}").main([str(a) for a in args])
+        status = 0
+    except SystemExit as exit:
+        status = exit.code
+    out, err = capsys.readouterr()
+    return status, out, err
+
+
+def test_config_reruns_a_stored_run_exactly_and_foreign_configs_are_refused(trained, tmp_path, capsys):
+    module, config_for, _, first, _ = trained
     name = module.HOOKS.name
-    first = tmp_path / "first"
-    config = config_for(first, epochs=2)
-    module.train_and_evaluate(config, progress=False)
     again = tmp_path / "again"
     proc = _cli(name, "train", "--config", first / "config.json", "--out", again, "--quiet")
     assert proc.returncode == 0, proc.stderr
@@ -192,16 +219,30 @@ def test_config_reruns_a_stored_run_exactly_and_foreign_configs_are_refused(tiny
     pd.testing.assert_frame_equal(pd.read_csv(first / "history.csv")[columns], pd.read_csv(again / "history.csv")[columns])
     stored, rerun = (json.loads((d / "config.json").read_text()) for d in (first, again))
     assert {k: v for k, v in stored.items() if k != "out"} == {k: v for k, v in rerun.items() if k != "out"}
+
     # flags given override the stored settings; a run folder works as well as its config.json
-    seed_run = tmp_path / "seed1"
-    assert _cli(name, "train", "--config", first, "--seed", 1, "--epochs", 1, "--out", seed_run, "--quiet").returncode == 0
-    assert json.loads((seed_run / "config.json").read_text())["seed"] == 1
+    from experiments._cli import config_from_args
+
+    args = _parser(name).parse_args(["train", "--config", str(first), "--seed", "7"])
+    config = config_from_args(module, args)
+    assert config.seed == 7 and config.epochs == json.loads((first / "config.json").read_text())["epochs"]
 
     other = next(n for n in PIPELINES if n != name)
-    _one_line_error(_cli(other, "train", "--config", first / "config.json", "--out", tmp_path / "never"),
-                    f"is a {name} run, not a {other} run")
-    _one_line_error(_cli(name, "train", "--config", tmp_path / "missing" / "config.json", "--out", tmp_path / "never"),
-                    "no such config file")
-    _one_line_error(_cli(other, "predict", "--checkpoint", first, "--input", first / "config.json",
-                         "--output", tmp_path / "never" / "out"), f"is a {name} run, not a {other} run")
+    for args, fragment in [
+        (("train", "--config", first / "config.json"), f"is a {name} run, not a {other} run"),
+        (("train", "--config", tmp_path / "missing" / "config.json"), "no such config file"),
+        (("predict", "--checkpoint", first, "--input", first / "config.json", "--output", tmp_path / "never" / "o"),
+         f"is a {name} run, not a {other} run"),
+    ]:
+        if args[0] == "train":
+            args = args + ("--out", tmp_path / "never")
+        status, _, err = _main(other, *args, capsys=capsys)
+        lines = err.strip().splitlines()
+        assert status == 2 and len(lines) == 1 and lines[0].startswith("error: ") and fragment in lines[0], err
     assert not (tmp_path / "never").exists()
+
+
+def _parser(name):
+    import importlib
+
+    return importlib.import_module(f"experiments.{name}").build_parser()

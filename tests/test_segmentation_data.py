@@ -291,13 +291,13 @@ def test_synthetic_nuclei_pairs_are_readable_deterministic_and_binary(tmp_path):
     assert not np.array_equal(other.images, pairs.images)
 
 
-def test_synthesize_cli_bad_settings_one_line(tmp_path):
+def test_simulate_cli_bad_settings_one_line(tmp_path):
     import subprocess
     import sys
 
     from conftest import REPO
 
-    done = subprocess.run([sys.executable, "-m", "experiments.segmentation", "synthesize", "--out",
+    done = subprocess.run([sys.executable, "-m", "experiments.segmentation", "simulate", "--out",
                            str(tmp_path / "s"), "--n", "2", "--size", "8"], capture_output=True, text=True, cwd=REPO)
     assert done.returncode == 2 and done.stderr.count("\n") == 1 and "size must be at least 16" in done.stderr
     from molml_jax.data.synthetic_nuclei import write_synthetic_nuclei

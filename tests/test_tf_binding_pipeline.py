@@ -144,3 +144,43 @@ def test_wandb_missing_is_one_clear_error(tmp_path, monkeypatch):
     with pytest.raises(InputError, match=r"--wandb needs the wandb package"):
         tf.sweep(_config(tmp_path / "s", epochs=1), [1e-2], parallel="sequential", progress=False, wandb=True)
     assert not (tmp_path / "s").exists()  # refused before anything was trained or written
+
+
+def test_predict_writes_the_study_format_that_round_trips_as_scores(tmp_path):
+    from molml_jax.data.tf_binding import read_tf_binding, simulate_tf_binding, write_tf_binding
+
+    run = tmp_path / "run"
+    tf.train_and_evaluate(_config(run, epochs=2), progress=False)
+    names, sequences, truth, _ = simulate_tf_binding(6, 40, seed=7, motifs=["CTCF"])
+    held_out = tmp_path / "held_out"
+    held_out.mkdir()
+    write_tf_binding(held_out / "seq.tsv.gz", held_out / "true.tsv.gz", names, sequences, truth)
+    result = tf.predict(run, held_out / "seq.tsv.gz", tmp_path / "pred.tsv.gz")
+    assert result == {"n": 6, "length": 40, "output": str(tmp_path / "pred.tsv.gz")}
+    table = pd.read_csv(tmp_path / "pred.tsv.gz", sep="\t")
+    assert list(table.columns) == names and len(table) == 40  # one column per window, one row per base
+    back = read_tf_binding(held_out / "seq.tsv.gz", tmp_path / "pred.tsv.gz")  # fed back as --scores
+    direct = tf.predict_arrays(run, back.x)
+    np.testing.assert_allclose(back.y, direct, rtol=1e-5, atol=1e-5)  # %.6g in the file
+    itself = tf.evaluate(run, held_out / "seq.tsv.gz", tmp_path / "pred.tsv.gz")
+    assert itself["pearson"] == pytest.approx(1.0, abs=1e-6) and itself["mse"] < 1e-8
+    against_truth = tf.evaluate(run, held_out / "seq.tsv.gz", held_out / "true.tsv.gz")
+    assert against_truth["pearson"] == pytest.approx(np.corrcoef(direct.ravel(), truth.ravel())[0, 1], abs=1e-5)
+
+    # FASTA in: ids name the columns; the CLI prints what it wrote
+    fasta = tmp_path / "w.fa"
+    fasta.write_text("".join(f">{n} some description\n{s}\n" for n, s in zip(names[:2], sequences[:2])))
+    proc = _cli("predict", "--checkpoint", run, "--input", fasta, "--output", tmp_path / "fa.tsv")
+    assert proc.returncode == 0, proc.stderr
+    assert list(pd.read_csv(tmp_path / "fa.tsv", sep="\t").columns) == names[:2]
+    proc = _cli("evaluate", "--checkpoint", run, "--input", held_out / "seq.tsv.gz", "--scores", held_out / "true.tsv.gz")
+    assert proc.returncode == 0 and f"Pearson R {against_truth['pearson']:.4f}" in proc.stdout
+
+    # windows of another length than training: one clear line, nothing written
+    short = tmp_path / "short.fa"
+    short.write_text(">a\nACGTACGTAC\n")
+    proc = _cli("predict", "--checkpoint", run, "--input", short, "--output", tmp_path / "never.tsv")
+    assert proc.returncode == 2 and "windows are 10 bp, but the model" in proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1 and not (tmp_path / "never.tsv").exists()
+    with pytest.raises(InputError, match="windows of 10 bp, but the model was trained on 40 bp"):
+        tf.predict_arrays(run, np.zeros((1, 10, 4)))

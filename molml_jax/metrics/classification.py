@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import numpy as np
-from sklearn.metrics import roc_auc_score
 
 
 def sigmoid(logits) -> np.ndarray:
@@ -14,6 +13,8 @@ def sigmoid(logits) -> np.ndarray:
 
 def roc_auc(labels, scores) -> float | None:
     """ROC AUC of scores (N,) against 0/1 labels (N,); None when only one class is present."""
+    from sklearn.metrics import roc_auc_score  # imported here: 1.3 s that a CLI's --help should not wait for
+
     labels = np.asarray(labels)
     if len(np.unique(labels)) < 2:
         return None

@@ -21,12 +21,11 @@ import jax
 import numpy as np
 
 from molml_jax.errors import InputError
-from molml_jax.plots import plot_loss_curves
 from molml_jax.train import (
     Checkpoints, Engine, FitConfig, LoopConfig, PlateauConfig, create_train_state, fit,
 )
 from molml_jax.train.run_folder import read_run_config, write_json
-from molml_jax.train.state import seed_keys
+from molml_jax.train.state import seed_keys, train_state_shapes
 from molml_jax.train import sweep as sweeps
 
 # path-valued settings recorded as absolute paths (None: the pipeline's bundled default)
@@ -206,6 +205,8 @@ def train_and_evaluate(pipeline: types.ModuleType, config, *, progress: bool = T
     write_json(run_dir / "summary.json", summary)
     headline = next(k for k in summary if k.startswith("test_") and k != "test_loss") if "test" in data.split \
         else next(k for k in summary if k.startswith("best_val_") and k != "best_val_loss")
+    from molml_jax.plots import plot_loss_curves  # matplotlib only when a run ends
+
     plot_loss_curves(result.history, run_dir / "loss_curve.png",
                      title=f"{hooks.title}: {headline.replace('_', ' ')} {summary[headline]:.3f}")
     hooks.figures(run_dir, config, data, best_outputs)
@@ -259,7 +260,7 @@ def load_run(pipeline: types.ModuleType, run_dir, checkpoint: str = "best"):
     run_dir = Path(run_dir)
     config = stored_config(run_dir, hooks.name, pipeline.Config)
     model, _, tx = _setup(pipeline, config)
-    template = jax.tree.map(np.asarray, create_train_state(model, tx, hooks.example_inputs(config), 0))
+    template = train_state_shapes(model, tx, hooks.example_inputs(config))
     if not (run_dir / "checkpoints").is_dir():
         raise InputError(f"{run_dir}: no checkpoints folder (did training start?)")
     state, _ = Checkpoints(run_dir / "checkpoints", create=False).restore(

@@ -28,7 +28,6 @@ from molml_jax.metrics.segmentation import dice_and_iou, dice_loss_jax, mean_ave
 from molml_jax.models.unet import UNet
 from molml_jax.pipelines import common
 from molml_jax.pipelines.common import setting
-from molml_jax.plots import plot_segmentation_examples
 from molml_jax.train import AXIS, Task
 
 _this = sys.modules[__name__]  # what the shared verbs in `common` are given
@@ -140,6 +139,8 @@ def _split_metrics(data: SegmentationData, part: str, logits: np.ndarray) -> dic
 
 
 def _figures(run_dir: Path, config: Config, data: SegmentationData, outputs: dict) -> None:
+    from molml_jax.plots import plot_segmentation_examples
+
     test_idx = data.split["test"][:3]
     plot_segmentation_examples(data.images[test_idx], outputs["test"][:3] > 0.0, data.masks[test_idx] > 0.5,
                                [data.names[i] for i in test_idx], run_dir / "segmentation_examples.png")

@@ -28,7 +28,6 @@ from molml_jax.metrics.regression import moment_sums, pearson, pearson_from_mome
 from molml_jax.models.cnn import BindingPredictorCNN
 from molml_jax.pipelines import common
 from molml_jax.pipelines.common import setting
-from molml_jax.plots import plot_profiles
 from molml_jax.train import Task, mean_squared_error
 
 _this = sys.modules[__name__]  # what the shared verbs in `common` are given
@@ -152,6 +151,8 @@ def make_optimizer(config: Config) -> optax.GradientTransformation:
 
 
 def _figures(run_dir: Path, config: Config, data: TFData, outputs: dict) -> None:
+    from molml_jax.plots import plot_profiles
+
     val_idx = data.split["val"][:4]
     plot_profiles(data.y[val_idx], outputs["val"][:4], [data.names[i] for i in val_idx],
                   run_dir / "profile_examples.png")

@@ -41,7 +41,8 @@ class Checkpoints:
         )
 
     def restore(self, kind: str, target: Any, *, expect_model: str | None = None) -> tuple[Any, dict]:
-        """Restore into the structure of `target` (a host state of the right model).
+        """Restore into the structure of `target` (a state of the right model, or its shapes:
+        train.state.train_state_shapes).
 
         `expect_model` (meta['model'] of the run that wrote it) is checked first, so a
         checkpoint of another model is one clear InputError instead of an orbax trace.
@@ -54,7 +55,7 @@ class Checkpoints:
         meta = manager.restore(epoch, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
         if expect_model is not None and meta.get("model") != expect_model:
             raise InputError(f"{where}: checkpoint holds {meta.get('model', 'an unknown model')}, not {expect_model}")
-        abstract = jax.tree.map(lambda x: np.zeros(np.shape(x), np.asarray(x).dtype), target)
+        abstract = jax.tree.map(lambda x: np.zeros(np.shape(x), x.dtype), target)  # arrays or ShapeDtypeStructs
         try:
             restored = manager.restore(epoch, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract)))["state"]
         except (ValueError, KeyError, TypeError) as err:

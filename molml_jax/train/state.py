@@ -34,21 +34,31 @@ def seed_keys(seed: int) -> tuple[jax.Array, jax.Array]:
     return init_key, run_key
 
 
+def _state(variables, tx: optax.GradientTransformation, train_key) -> TrainState:
+    params = variables["params"]
+    return TrainState(step=jnp.zeros((), jnp.int32), params=params, batch_stats=variables.get("batch_stats", {}),
+                      opt_state=tx.init(params), rng=jax.random.key_data(train_key))
+
+
 def create_train_state(
     model: nn.Module, tx: optax.GradientTransformation, sample_inputs: tuple, seed: int
 ) -> TrainState:
-    """Initialise parameters from `seed` (host arrays, one copy: the engine replicates)."""
+    """Initialise parameters from `seed` (host arrays, one copy: the engine replicates).
+
+    The init program runs once, so it is compiled without LLVM's optimisations: for the
+    U-Net (108 random initialisers) that takes 3 s instead of 17 s on a 2-core CPU, for the
+    same values to float32 rounding."""
     init_key, train_key = seed_keys(seed)
-    variables = jax.jit(lambda k: model.init(k, *sample_inputs, train=False))(init_key)
-    params = variables["params"]
-    batch_stats = variables.get("batch_stats", {})
-    return TrainState(
-        step=jnp.zeros((), jnp.int32),
-        params=params,
-        batch_stats=batch_stats,
-        opt_state=tx.init(params),
-        rng=jax.random.key_data(train_key),
-    )
+    init = jax.jit(lambda k: model.init(k, *sample_inputs, train=False))
+    compiled = init.lower(init_key).compile(compiler_options={"xla_backend_optimization_level": 0})
+    return _state(compiled(init_key), tx, train_key)
+
+
+def train_state_shapes(model: nn.Module, tx: optax.GradientTransformation, sample_inputs: tuple) -> TrainState:
+    """The structure, shapes and dtypes of create_train_state's result (jax.ShapeDtypeStruct
+    leaves), without computing it: the target to restore a checkpoint into."""
+    init_key, train_key = seed_keys(0)
+    return jax.eval_shape(lambda: _state(model.init(init_key, *sample_inputs, train=False), tx, train_key))
 
 
 def learning_rate(opt_state) -> jnp.ndarray:
