@@ -119,6 +119,14 @@ def add_command(sub, name: str, help: str) -> argparse.ArgumentParser:
     return sub.add_parser(name, help=help, description=help, allow_abbrev=False)
 
 
+def add_run_command(sub, name: str, help: str, input_help: str) -> argparse.ArgumentParser:
+    """predict / evaluate: a trained run folder (--checkpoint) and an --input file."""
+    cmd = add_command(sub, name, help)
+    cmd.add_argument("--checkpoint", required=True, metavar="RUN", help="run folder of a trained model")
+    cmd.add_argument("--input", required=True, help=input_help)
+    return cmd
+
+
 def add_train_command(sub, pipeline: types.ModuleType) -> argparse.ArgumentParser:
     cmd = add_command(sub, "train", "train and evaluate, writing a run folder (the default command)")
     cmd.add_argument("--config", metavar="RUN/config.json",

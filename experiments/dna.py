@@ -24,9 +24,7 @@ def build_parser():
     _cli.add_sweep_command(sub, dna)
     for name, text in (("predict", "write probabilities for a CSV/TSV or FASTA file"),
                        ("evaluate", "print the AUC on a labeled CSV/TSV file")):
-        cmd = _cli.add_command(sub, name, text)
-        cmd.add_argument("--checkpoint", required=True, metavar="RUN", help="run folder of a trained model")
-        cmd.add_argument("--input", required=True, help="CSV/TSV (sequence column) or FASTA")
+        cmd = _cli.add_run_command(sub, name, text, "CSV/TSV (sequence column) or FASTA")
         if name == "predict":
             cmd.add_argument("--output", required=True, help="CSV to write (input columns + probability)")
         cmd.add_argument("--seq-column", default="seq", help="column of the sequences (default: seq)")

@@ -20,9 +20,8 @@ def build_parser():
     parser, sub = _cli.build_parser("python -m experiments.segmentation", __doc__)
     _cli.add_train_command(sub, segmentation)
     _cli.add_sweep_command(sub, segmentation)
-    pred = _cli.add_command(sub, "predict", "write a 0/255 mask PNG for every input image")
-    pred.add_argument("--checkpoint", required=True, metavar="RUN", help="run folder of a trained model")
-    pred.add_argument("--input", required=True, help="an image file, or a folder or tarball of images")
+    pred = _cli.add_run_command(sub, "predict", "write a 0/255 mask PNG for every input image",
+                                "an image file, or a folder or tarball of images")
     pred.add_argument("--output", required=True, help="folder for the mask PNGs (same stems)")
     sim = _cli.add_command(sub, "simulate", "write synthetic nucleus image/mask PNG pairs (a second dataset)")
     sim.add_argument("--out", required=True, help="folder to write the pairs into")

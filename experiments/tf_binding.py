@@ -22,11 +22,9 @@ def build_parser():
     parser, sub = _cli.build_parser("python -m experiments.tf_binding", __doc__)
     _cli.add_train_command(sub, tf_binding)
     _cli.add_sweep_command(sub, tf_binding)
-    pred = _cli.add_command(sub, "predict", "write predicted scores per base in the study's scores format")
-    ev = _cli.add_command(sub, "evaluate", "print Pearson R and MSE against a scores file")
-    for cmd in (pred, ev):
-        cmd.add_argument("--checkpoint", required=True, metavar="RUN", help="run folder of a trained model")
-        cmd.add_argument("--input", required=True, help="sequences TSV(.gz) (window_name, sequence) or FASTA")
+    windows = "sequences TSV(.gz) (window_name, sequence) or FASTA"
+    pred = _cli.add_run_command(sub, "predict", "write predicted scores per base in the study's scores format", windows)
+    ev = _cli.add_run_command(sub, "evaluate", "print Pearson R and MSE against a scores file", windows)
     pred.add_argument("--output", required=True, help="scores TSV to write (.gz: gzip); one column per window")
     ev.add_argument("--scores", required=True, help="scores TSV(.gz) of the same windows")
     sim = _cli.add_command(sub, "simulate", "write simulated windows in the study's two-file format")

@@ -8,7 +8,7 @@ real crowded fields. The images are written as grey 8-bit PNGs named
 `<stem>_<image_tag>.png` / `<stem>_<mask_tag>.png` (0/255 masks), the layout
 `read_image_pairs` reads with --image-tag / --mask-tag.
 
-    python -m experiments.segmentation synthesize --out data/synthetic_nuclei --n 200 --size 128
+    python -m experiments.segmentation simulate --out data/synthetic_nuclei --n 200 --size 128
 """
 
 from __future__ import annotations
