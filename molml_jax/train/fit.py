@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 from tqdm.auto import tqdm
 
-from molml_jax.errors import TrainingDiverged
+from molml_jax.errors import InputError, TrainingDiverged
 from molml_jax.train.checkpoint import Checkpoints
 from molml_jax.train.engine import DeviceData, Engine
 from molml_jax.train.epochs import LoopConfig, Tracker, run_epochs
@@ -61,6 +61,9 @@ def fit(engine: Engine, state: TrainState, train: DeviceData, val: DeviceData, c
     start = resumed_from = checkpoints.epoch("latest")
     if resumed_from is not None:
         state, stored = checkpoints.restore("latest", state, expect_model=model_id)
+        if "tracker" not in stored:
+            raise InputError(f"{run_dir}: its checkpoint was written by an older molml-jax and cannot be "
+                             f"resumed; use another --out")
         history, tracker = stored["history"], Tracker.from_json(stored["tracker"])
         write_history(run_dir / "history.csv", history)
 
