@@ -63,7 +63,7 @@ def config_record(config, pipeline: str) -> dict:
 def config_from_record(record: dict, config_class, source: str):
     """A Config from a stored config.json record (extra keys such as 'pipeline' ignored)."""
     values = {}
-    for field, kind in config_fields(config_class):
+    for field in dataclasses.fields(config_class):
         if field.name in record:
             value = record[field.name]
             if isinstance(value, list):  # JSON has no tuples

@@ -7,7 +7,6 @@ import dataclasses
 import statistics
 from pathlib import Path
 
-import numpy as np
 from tqdm.auto import tqdm
 
 from molml_jax.errors import InputError, TrainingDiverged
