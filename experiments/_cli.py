@@ -133,6 +133,7 @@ def add_train_command(sub, pipeline: types.ModuleType) -> argparse.ArgumentParse
                      help="start from a stored run's settings (flags given here override them)")
     cmd.add_argument("--quiet", action="store_true", help="no progress bar")
     add_config_flags(cmd, pipeline.Config)
+    cmd.set_defaults(pipeline=pipeline.HOOKS.name)
     return cmd
 
 
@@ -150,6 +151,7 @@ def add_sweep_command(sub, pipeline: types.ModuleType) -> argparse.ArgumentParse
     cmd.add_argument("--config", metavar="RUN/config.json", help="start from a stored run's settings")
     cmd.add_argument("--quiet", action="store_true", help="no progress bar")
     add_config_flags(cmd, pipeline.Config, defaults=sweep_defaults(pipeline))
+    cmd.set_defaults(pipeline=pipeline.HOOKS.name)
     return cmd
 
 
@@ -201,10 +203,13 @@ def devices_of(args: argparse.Namespace) -> int:
     if hasattr(args, "devices"):
         return args.devices
     if getattr(args, "config", None):
+        from molml_jax.errors import InputError
+        from molml_jax.train.run_folder import read_config_file  # imports jax, touches no device
+
         path = Path(args.config)
-        path = path / "config.json" if path.is_dir() else path
         try:
-            return int(json.loads(path.read_text()).get("devices", 1))
-        except (OSError, ValueError, TypeError):
-            return 1  # the config is read again, with a clear error, by config_from_args
+            stored = read_config_file(path / "config.json" if path.is_dir() else path, args.pipeline)
+        except InputError:
+            return 1  # said in one line by config_from_args
+        return int(stored.get("devices", 1))
     return 1

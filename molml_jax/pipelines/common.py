@@ -191,9 +191,10 @@ def train_and_evaluate(pipeline: types.ModuleType, config, *, progress: bool = T
 
     best_state, _ = Checkpoints(run_dir / "checkpoints").restore("best", result.state, expect_model=config.model_id())
     summary, best_outputs = {}, {}
+    on_devices = {"best": engine.replicate(best_state), "last": engine.replicate(result.state)}
     for part in [p for p in ("val", "test") if p in data.split]:
-        for which, state_ in (("best", best_state), ("last", result.state)):
-            metrics, outputs = engine.evaluate(engine.replicate(state_), splits[part], return_outputs=True)
+        for which, replicated in on_devices.items():
+            metrics, outputs = engine.evaluate(replicated, splits[part], return_outputs=True)
             metrics.update(hooks.split_metrics(data, part, outputs))
             prefix = {("best", "val"): "best_val", ("best", "test"): "test"}.get((which, part), f"last_{part}")
             summary.update({f"{prefix}_{k}": v for k, v in metrics.items()})
@@ -231,7 +232,6 @@ def sweep(pipeline: types.ModuleType, config, lrs: Sequence[float], *, seeds: in
     config = hooks.resolve(config, data)
     model, task, tx = _setup(pipeline, config)
     mode = sweeps.resolve_parallel(parallel, task.sweep_parallel)
-    _engine(task, tx, config)  # bad engine settings fail here, before anything is written
     loop = LoopConfig(epochs=config.epochs, plateau=hooks.plateau(config),
                       early_stopping_patience=config.early_stopping_patience)
     order_rng = np.asarray(jax.random.key_data(seed_keys(config.seed)[1]))  # the same batches for all
