@@ -2,6 +2,7 @@
 
     python -m benchmarks.dna_vs_torch --epochs 30 --seed 0
     python -m benchmarks.dna_vs_torch --epochs 30 --devices 2 --torch-threads 1
+    python -m benchmarks.dna_vs_torch --seeds 0-15 --epochs 100    # many seeds: distributions
 
 Runs, back to back in one process and on the same data split (seed):
   1. the JAX pipeline, `molml_jax.pipelines.dna.train_and_evaluate` (its run folder goes to
@@ -17,20 +18,33 @@ so their loss curves agree in shape and level, not value by value.
 
 Writes benchmarks/results/dna_vs_torch.json (every number, both histories, the machine),
 dna_vs_torch.md (a table) and dna_loss_curves.png (train / validation losses of both).
+
+With --seeds A-B (many seeds; whether a run leaves the 0.693 plateau decides its AUC), both
+frameworks train on the split of seed A and see the same batches (the JAX sweep's order,
+replayed for torch), each seed starting from its own initial weights: the JAX seeds through
+the pipeline's sweep (`dna.sweep`, vmapped or sequential by --parallel), the PyTorch seeds
+one by one. Reports per framework the test AUC after the last epoch (mean, sd, min, max),
+the fraction of runs whose validation loss left the plateau (fell under 0.6), a two-sided
+Mann-Whitney U p-value for "same distribution", both wall times, and a band plot of the
+loss curves (median and 10-90% per framework): dna_seeds.{json,md} and dna_seeds_bands.png.
 """
 
 from __future__ import annotations
 
 import argparse
 import csv
+import dataclasses
 import statistics
+import sys
 import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
 
-from benchmarks.report import machine_facts, machine_line, write_results
+from benchmarks.report import machine_facts, machine_line, writable, write_results
+from benchmarks.seed_stats import LEFT_PLATEAU_BELOW, compare, comparison_lines, left_plateau_epoch
+from benchmarks.torch_device import CHOICES, check_torch_device, torch_unavailable_reason
 from experiments._cli import positive_int
 from molml_jax.process import prepare_process
 
@@ -48,7 +62,7 @@ def _median_after_first(history: list[dict]) -> float:
 
 
 def run(epochs: int, seed: int, devices: int = 1, torch_threads: int | None = None,
-        results_dir: Path = RESULTS, same_start: bool = False) -> dict:
+        results_dir: Path = RESULTS, same_start: bool = False, torch_device: str = "auto") -> dict:
     import jax
     import torch
 
@@ -83,7 +97,7 @@ def run(epochs: int, seed: int, devices: int = 1, torch_threads: int | None = No
         jax_history = _read_history(run_dir / "history.csv")
 
     began = time.perf_counter()
-    reference = run_torch_reference(epochs, seed, threads=torch_threads,
+    reference = run_torch_reference(epochs, seed, threads=torch_threads, device=torch_device,
                                     initial_state_dict=initial_state_dict, batch_order=batch_order)
     torch_wall = time.perf_counter() - began
     reference.pop("model")
@@ -128,6 +142,7 @@ def run(epochs: int, seed: int, devices: int = 1, torch_threads: int | None = No
             "final_train_loss": torch_history[-1]["train_loss"],
             "final_val_loss": torch_history[-1]["val_loss"],
             "threads": reference["threads"],
+            "device": reference["device"],
             "history": torch_history,
         },
         "speedup_torch_over_jax": torch_epoch / jax_epoch,
@@ -142,6 +157,139 @@ def run(epochs: int, seed: int, devices: int = 1, torch_threads: int | None = No
               f"PyTorch {reference['test_auc']:.3f}",
     )
     return result
+
+
+def parse_seeds(text: str) -> list[int]:
+    """'0-15' or '3' or '0,1,2' -> consecutive seeds (the sweep trains first .. first + K - 1)."""
+    import argparse as _argparse
+
+    try:
+        if "-" in text.strip().lstrip("-"):
+            first, last = (int(v) for v in text.split("-", 1))
+            seeds = list(range(first, last + 1))
+        else:
+            seeds = [int(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise _argparse.ArgumentTypeError(f"expected seeds such as 0-15 or 0,1,2, got {text!r}") from None
+    if not seeds or any(b - a != 1 for a, b in zip(seeds, seeds[1:])):
+        raise _argparse.ArgumentTypeError(f"expected consecutive ascending seeds such as 0-15, got {text!r}")
+    return seeds
+
+
+def run_seeds(epochs: int, seeds: list[int], *, devices: int = 1, torch_threads: int | None = None,
+              torch_device: str = "auto", parallel: str = "auto", results_dir: Path | None = RESULTS,
+              data: str | None = None, stem: str = "dna_seeds", progress: bool = True,
+              torch_skip_reason: str | None = None) -> dict:
+    """Many seeds of both frameworks on one split and one batch order (see the module doc).
+    data: a labeled sequences file instead of the bundled course data (e.g. a subset);
+    torch_skip_reason: run JAX alone, and say this in the PyTorch column.
+    Writes results_dir/{stem}.json, {stem}.md and {stem}_bands.png (unless results_dir is
+    None); returns the result."""
+    import jax
+
+    from molml_jax.pipelines import dna
+    from molml_jax.train.engine import epoch_order
+    from molml_jax.train.state import seed_keys
+
+    config = dna.Config(epochs=epochs, seed=seeds[0], devices=devices, data=data)
+    with tempfile.TemporaryDirectory(prefix="dna_seeds_") as tmp:
+        sweep = dna.sweep(dataclasses.replace(config, out=tmp), [config.lr], seeds=len(seeds),
+                          parallel=parallel, progress=progress)
+    jax_runs = [{"seed": row["seed"], "test_auc": row["last_test_auc"], "history": history,
+                 "left_plateau_epoch": left_plateau_epoch(history)}
+                for row, history in zip(sweep["rows"], sweep["histories"])]
+
+    torch_runs, torch_wall, torch_reason = [], None, torch_skip_reason or torch_unavailable_reason()
+    if torch_reason is None:
+        from benchmarks.torch_dna import run_torch_reference
+
+        order_rng = np.asarray(jax.random.key_data(seed_keys(seeds[0])[1]))  # the sweep's batches
+        n_train = len(dna.load_data(config).split["train"])
+        began = time.perf_counter()
+        for i, seed in enumerate(seeds):
+            if progress:
+                print(f"PyTorch seed {seed} ({i + 1}/{len(seeds)})", file=sys.stderr, flush=True)
+            reference = run_torch_reference(epochs, seeds[0], init_seed=seed, threads=torch_threads,
+                                            batch_order=lambda epoch: epoch_order(order_rng, epoch, n_train),
+                                            device=torch_device, data=data)
+            torch_runs.append({"seed": seed, "test_auc": reference["test_auc"], "history": reference["history"],
+                               "left_plateau_epoch": left_plateau_epoch(reference["history"]),
+                               "device": reference["device"], "threads": reference["threads"]})
+        torch_wall = time.perf_counter() - began
+    return _write_seeds(epochs, seeds, devices, parallel, sweep, jax_runs, torch_runs, torch_wall,
+                        torch_reason, results_dir, stem, data)
+
+
+def _write_seeds(epochs, seeds, devices, parallel, sweep, jax_runs, torch_runs, torch_wall, torch_reason,
+                 results_dir, stem, data) -> dict:
+    from molml_jax.plots import plot_loss_bands
+    from molml_jax.train.run_folder import write_json
+
+    def framework(runs):
+        left = [r["left_plateau_epoch"] for r in runs if r["left_plateau_epoch"] is not None]
+        return {"left_plateau_fraction": len(left) / len(runs),
+                "left_plateau_epoch_median": float(np.median(left)) if left else None}
+
+    jax_epoch_seconds = [row["epoch_seconds"] for row in sweep["histories"][0][1:]]
+    result = {
+        "command": f"python -m benchmarks.dna_vs_torch --seeds {seeds[0]}-{seeds[-1]} --epochs {epochs} "
+                   f"--devices {devices} --parallel {parallel}" + (f" (data {Path(data).name})" if data else ""),
+        "epochs": epochs, "seeds": seeds, "split_seed": seeds[0], "data": sweep["data"] if data else "bundled",
+        "left_plateau_below": LEFT_PLATEAU_BELOW,
+        "jax": {"wall_seconds": sweep["wall_seconds"], "parallel": sweep["parallel"], "devices": devices,
+                "median_epoch_seconds_all_seeds": float(np.median(jax_epoch_seconds or [np.nan])),
+                **framework(jax_runs), "runs": jax_runs},
+        "torch": ({"wall_seconds": torch_wall, "device": torch_runs[0]["device"], "threads": torch_runs[0]["threads"],
+                   **framework(torch_runs), "runs": torch_runs} if torch_runs else {"not_run": torch_reason}),
+        "test_auc": (compare("test AUC after the last epoch", [r["test_auc"] for r in jax_runs],
+                             [r["test_auc"] for r in torch_runs]) if torch_runs else None),
+        "machine": machine_facts(),
+    }
+    if results_dir is None:
+        return result
+    results_dir.mkdir(parents=True, exist_ok=True)
+    write_json(results_dir / f"{stem}.json", result)
+    (results_dir / f"{stem}.md").write_text(seeds_markdown(result, stem))
+    groups = {"JAX": [r["history"] for r in jax_runs]}
+    if torch_runs:
+        groups["PyTorch"] = [r["history"] for r in torch_runs]
+    plot_loss_bands(groups, results_dir / f"{stem}_bands.png",
+                    title=f"BiLSTM on DNA binding, {len(seeds)} seeds, {epochs} epochs")
+    return result
+
+
+def seeds_markdown(result: dict, stem: str = "dna_seeds") -> str:
+    j, t = result["jax"], result["torch"]
+    n = len(result["seeds"])
+    ran = "runs" in t
+    pct = lambda f: f"{100 * f:.0f}%"
+    lines = [f"# DNA binding BiLSTM: JAX vs PyTorch over {n} seeds ({result['epochs']} epochs)", "",
+             f"`{result['command']}`", "",
+             f"Both frameworks train on the split of seed {result['split_seed']} and see the same batches in the "
+             "same order; each seed starts from its own initial weights (each framework's own initialiser).", "",
+             "| | JAX | PyTorch |", "|---|---|---|"]
+    if ran:
+        lines += comparison_lines(result["test_auc"])
+    else:
+        a = [r["test_auc"] for r in j["runs"]]
+        lines.append(f"| test AUC after the last epoch: mean (min, max) | {np.mean(a):.4f} ({min(a):.4f}, "
+                     f"{max(a):.4f}) | not run: {t['not_run']} |")
+    left = lambda f: (f"{pct(f['left_plateau_fraction'])}"
+                      + (f" (median epoch {f['left_plateau_epoch_median']:.0f})" if f["left_plateau_epoch_median"] else ""))
+    lines.append(f"| runs that left the 0.693 plateau (validation loss < {result['left_plateau_below']}) | "
+                 f"{left(j)} | {left(t) if ran else '-'} |")
+    lines.append(f"| wall time of all {n} seeds | {j['wall_seconds']:.1f} s ({j['parallel']}) | "
+                 + (f"{t['wall_seconds']:.1f} s (one by one, {t['device']}, {t['threads']} thread(s)) |" if ran else "- |"))
+    if ran:
+        lines += ["", f"PyTorch / JAX wall time for the {n} seeds: **{t['wall_seconds'] / j['wall_seconds']:.2f}x**."]
+    lines += ["", "| seed | test AUC JAX | test AUC PyTorch | left plateau at epoch JAX | PyTorch |", "|---|---|---|---|---|"]
+    t_runs = t.get("runs") or [None] * n
+    epoch = lambda r: "-" if r is None or r["left_plateau_epoch"] is None else str(r["left_plateau_epoch"])
+    for a, b in zip(j["runs"], t_runs):
+        lines.append(f"| {a['seed']} | {a['test_auc']:.4f} | {'-' if b is None else format(b['test_auc'], '.4f')} "
+                     f"| {epoch(a)} | {epoch(b)} |")
+    lines += ["", machine_line(result["machine"]), "", f"![loss bands]({stem}_bands.png)", ""]
+    return "\n".join(lines)
 
 
 def markdown(result: dict) -> str:
@@ -190,6 +338,12 @@ def main(argv: list[str] | None = None) -> None:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--epochs", type=positive_int, default=30)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seeds", type=parse_seeds, default=None, metavar="A-B",
+                        help="many seeds (e.g. 0-15): distributions of both frameworks instead of one run")
+    parser.add_argument("--parallel", choices=("auto", "vmap", "sequential"), default="auto",
+                        help="--seeds: how the JAX sweep trains its seeds (auto: as measured for this backend)")
+    parser.add_argument("--torch-device", choices=CHOICES, default="auto",
+                        help="where the PyTorch reference runs (auto: cuda when available)")
     parser.add_argument("--devices", type=positive_int, default=1,
                         help="JAX devices (on CPU: forced host devices)")
     parser.add_argument("--torch-threads", type=positive_int, default=None,
@@ -203,8 +357,16 @@ def main(argv: list[str] | None = None) -> None:
     from molml_jax.errors import exit_on_user_error
 
     with exit_on_user_error():
+        writable(args.results_dir)
+        if args.seeds is None or torch_unavailable_reason() is None:  # many seeds: JAX alone is still worth it
+            check_torch_device(args.torch_device)  # --torch-device cuda without CUDA fails first
+        if args.seeds is not None:
+            result = run_seeds(args.epochs, args.seeds, devices=args.devices, torch_threads=args.torch_threads,
+                               torch_device=args.torch_device, parallel=args.parallel, results_dir=args.results_dir)
+            print(seeds_markdown(result))
+            return
         result = run(args.epochs, args.seed, args.devices, args.torch_threads, args.results_dir,
-                     args.same_start)
+                     args.same_start, args.torch_device)
     print(markdown(result))
 
 

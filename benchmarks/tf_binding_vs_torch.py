@@ -17,12 +17,14 @@ Writes benchmarks/results/tf_binding_vs_torch.{json,md} and tf_binding_loss_curv
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import statistics
 import tempfile
 import time
 from pathlib import Path
 
-from benchmarks.report import machine_facts, machine_line, write_results
+from benchmarks.report import machine_facts, machine_line, writable, write_results
+from benchmarks.torch_device import CHOICES, check_torch_device
 from experiments._cli import positive_int
 from molml_jax.process import prepare_process
 
@@ -33,33 +35,46 @@ def _after_first(history):
     return [r["epoch_seconds"] for r in history[1:]] or [history[0]["epoch_seconds"]]
 
 
-def run(epochs: int, windows: int, lr: float, seed: int, devices: int, torch_threads: int | None,
-        sweep_rates: list[float] | None, results_dir: Path, repeats: int = 2) -> dict:
+def one_seed(config, data, *, torch_device="auto", torch_threads: int | None = None,
+             run_torch: bool = True) -> tuple[dict, dict | None]:
+    """One JAX run of `config` (run folder in a temp dir) and the PyTorch reference on the same
+    windows and split (data = tf.load_data(config)): per framework {'summary' / result,
+    'history', 'wall_seconds'} (None for PyTorch unless run_torch)."""
     import pandas as pd
 
+    from molml_jax.pipelines import tf_binding as tf
+
+    with tempfile.TemporaryDirectory(prefix="tf_vs_torch_") as tmp:
+        began = time.perf_counter()
+        summary = tf.train_and_evaluate(dataclasses.replace(config, out=str(Path(tmp) / "jax")), progress=False)
+        jax_run = {"summary": summary, "wall_seconds": time.perf_counter() - began,
+                   "history": pd.read_csv(Path(tmp) / "jax" / "history.csv").to_dict("records")}
+    if not run_torch:
+        return jax_run, None
     from benchmarks.torch_tf_binding import run_torch_reference
+
+    began = time.perf_counter()
+    reference = run_torch_reference(data.x, data.y, data.split["train"], data.split["val"], lr=config.lr,
+                                    epochs=config.epochs, seed=config.seed, threads=torch_threads,
+                                    device=torch_device, patience=config.early_stopping_patience or config.epochs)
+    reference.pop("model")
+    return jax_run, {**reference, "wall_seconds": time.perf_counter() - began}
+
+
+def run(epochs: int, windows: int, lr: float, seed: int, devices: int, torch_threads: int | None,
+        sweep_rates: list[float] | None, results_dir: Path, repeats: int = 2, torch_device: str = "auto") -> dict:
     from molml_jax.pipelines import tf_binding as tf
 
     config = tf.Config(simulate_windows=windows, epochs=epochs, lr=lr, seed=seed, devices=devices)
     data = tf.load_data(config)
     jax_times, torch_times = [], []
     for repeat in range(repeats):
-        with tempfile.TemporaryDirectory(prefix="tf_vs_torch_") as tmp:
-            began = time.perf_counter()
-            jax_summary = tf.train_and_evaluate(
-                tf.Config(**{**config.__dict__, "out": str(Path(tmp) / "jax")}), progress=False)
-            jax_run_wall = time.perf_counter() - began
-            jax_run_history = pd.read_csv(Path(tmp) / "jax" / "history.csv").to_dict("records")
-        began = time.perf_counter()
-        torch_run = run_torch_reference(data.x, data.y, data.split["train"], data.split["val"], lr=lr,
-                                        epochs=epochs, seed=seed, threads=torch_threads)
-        torch_run_wall = time.perf_counter() - began
-        torch_run.pop("model")
-        jax_times += _after_first(jax_run_history)
+        jax_run, torch_run = one_seed(config, data, torch_device=torch_device, torch_threads=torch_threads)
+        jax_times += _after_first(jax_run["history"])
         torch_times += _after_first(torch_run["history"])
         if repeat == 0:
-            summary, jax_history, jax_wall = jax_summary, jax_run_history, jax_run_wall
-            reference, torch_wall = torch_run, torch_run_wall
+            summary, jax_history, jax_wall = jax_run["summary"], jax_run["history"], jax_run["wall_seconds"]
+            reference, torch_wall = torch_run, torch_run["wall_seconds"]
     jax_epoch, torch_epoch = statistics.median(jax_times), statistics.median(torch_times)
     result = {
         "command": f"python -m benchmarks.tf_binding_vs_torch --epochs {epochs} --windows {windows} "
@@ -75,7 +90,7 @@ def run(epochs: int, windows: int, lr: float, seed: int, devices: int, torch_thr
         "torch": {"median_epoch_seconds": torch_epoch, "epoch_seconds": torch_times, "wall_seconds": torch_wall,
                   "best_val_loss": reference["best_val_loss"], "best_val_pearson": reference["best_val_pearson"],
                   "best_epoch": reference["best_epoch"], "threads": reference["threads"],
-                  "history": reference["history"]},
+                  "device": reference["device"], "history": reference["history"]},
         "speedup_torch_over_jax": torch_epoch / jax_epoch,
         "machine": machine_facts(),
     }
@@ -105,7 +120,7 @@ def markdown(result: dict) -> str:
         f"| compile seconds | {j['compile_seconds'] or 0:.1f} | - |",
         f"| best validation loss | {j['best_val_loss']:.4f} (epoch {j['best_epoch']}) | {t['best_val_loss']:.4f} (epoch {t['best_epoch']}) |",
         f"| best-epoch validation Pearson R | {j['best_val_pearson']:.4f} | {t['best_val_pearson']:.4f} |",
-        f"| parallelism | {j['devices']} device(s), {j['driver']} driver | {t['threads']} thread(s) |",
+        f"| parallelism | {j['devices']} device(s), {j['driver']} driver | {t.get('device', 'cpu')}, {t['threads']} thread(s) |",
         "", f"PyTorch / JAX time per epoch: **{result['speedup_torch_over_jax']:.2f}x**.", "",
     ]
     if "sweep" in result:
@@ -135,6 +150,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--devices", type=positive_int, default=1)
     parser.add_argument("--torch-threads", type=positive_int, default=None)
+    parser.add_argument("--torch-device", choices=CHOICES, default="auto",
+                        help="where the PyTorch reference runs (auto: cuda when available)")
     parser.add_argument("--sweep", type=_rates, default=None, metavar="RATES")
     parser.add_argument("--repeats", type=positive_int, default=2,
                         help="alternating JAX / PyTorch runs whose epoch times are pooled (default 2)")
@@ -144,8 +161,10 @@ def main(argv: list[str] | None = None) -> None:
     from molml_jax.errors import exit_on_user_error
 
     with exit_on_user_error():
+        writable(args.results_dir)
+        check_torch_device(args.torch_device)
         result = run(args.epochs, args.windows, args.lr, args.seed, args.devices, args.torch_threads,
-                     args.sweep, args.results_dir, args.repeats)
+                     args.sweep, args.results_dir, args.repeats, args.torch_device)
     print(markdown(result))
 
 

@@ -31,6 +31,7 @@ from sklearn.metrics import roc_auc_score
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
+from benchmarks.torch_device import CHOICES, device_label, resolve_torch_device, synchronize
 from benchmarks.torch_models import LSTMseq
 
 
@@ -48,11 +49,12 @@ class DNADataset(Dataset):
         return self.x[index], self.y[index]
 
 
-def train(model, loader, optimizer) -> float:
+def train(model, loader, optimizer, device="cpu") -> float:
     """One epoch of updates; the mean of the batch losses."""
     model.train()
     losses = []
     for x, y in loader:
+        x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
         optimizer.zero_grad()
         loss = nn.functional.binary_cross_entropy(model(x), y)
         loss.backward()
@@ -61,23 +63,24 @@ def train(model, loader, optimizer) -> float:
     return float(np.mean(losses))
 
 
-def validate(model, loader) -> float:
+def validate(model, loader, device="cpu") -> float:
     """The mean of the batch losses, without updates."""
     model.eval()
     losses = []
     with torch.no_grad():
         for x, y in loader:
+            x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
             losses.append(nn.functional.binary_cross_entropy(model(x), y).item())
     return float(np.mean(losses))
 
 
-def evaluate(model, loader) -> tuple[np.ndarray, np.ndarray]:
+def evaluate(model, loader, device="cpu") -> tuple[np.ndarray, np.ndarray]:
     """(predicted probabilities, true labels) over the loader, as numpy arrays."""
     model.eval()
     predictions, labels = [], []
     with torch.no_grad():
         for x, y in loader:
-            predictions.append(model(x).numpy())
+            predictions.append(model(x.to(device)).cpu().numpy())
             labels.append(y.numpy())
     return np.concatenate(predictions), np.concatenate(labels)
 
@@ -99,8 +102,14 @@ class EpochOrderSampler(torch.utils.data.Sampler):
 
 def run_torch_reference(epochs: int, seed: int, hidden_dim: int = 16, batch_size: int = 256,
                         lr: float = 1e-2, threads: int | None = None, initial_state_dict=None,
-                        batch_order=None) -> dict:
+                        batch_order=None, init_seed: int | None = None, device="cpu",
+                        data: str | None = None) -> dict:
     """Train and test the reference on the JAX pipeline's data and split (Config(seed)).
+
+    The initial weights come from torch.manual_seed(init_seed, default `seed`) and the batch
+    order from a generator seeded with `seed`, or from batch_order(epoch) -> indices.
+    device: a torch device or 'auto' / 'cpu' / 'cuda' (`benchmarks.torch_device`); data: a
+    labeled sequences file instead of the bundled course data.
 
     Returns {'history': [{'epoch', 'train_loss', 'val_loss', 'lr', 'epoch_seconds'}, ...],
     'test_auc' (after the last epoch, as the course), 'test_auc_best_val' (the weights of
@@ -112,8 +121,9 @@ def run_torch_reference(epochs: int, seed: int, hidden_dim: int = 16, batch_size
 
     if epochs < 1:
         raise ValueError(f"epochs must be at least 1, got {epochs}")
+    device = resolve_torch_device(device) if isinstance(device, str) else device
     with torch_num_threads(threads):
-        data = load_data(Config(seed=seed, hidden_dim=hidden_dim, batch_size=batch_size, lr=lr))
+        data = load_data(Config(seed=seed, hidden_dim=hidden_dim, batch_size=batch_size, lr=lr, data=data))
         if data.variable_length:
             raise ValueError("the torch reference handles one sequence length only (the course data)")
         parts = {name: DNADataset(data.x[idx], data.y[idx]) for name, idx in data.split.items()}
@@ -126,19 +136,22 @@ def run_torch_reference(epochs: int, seed: int, hidden_dim: int = 16, batch_size
         val_loader = DataLoader(parts["val"], batch_size=batch_size)
         test_loader = DataLoader(parts["test"], batch_size=batch_size)
 
-        torch.manual_seed(seed)
+        torch.manual_seed(seed if init_seed is None else init_seed)
         model = LSTMseq(hidden_dim)
         if initial_state_dict is not None:
             model.load_state_dict(initial_state_dict)
+        model.to(device)
         optimizer = torch.optim.Adam(model.parameters(), lr=lr)
         scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, mode="min", factor=0.5, patience=10)
 
         history, best_val, best_epoch, best_weights = [], float("inf"), 0, None
         for epoch in range(1, epochs + 1):
             current_lr = optimizer.param_groups[0]["lr"]
+            synchronize(device)
             began = time.perf_counter()
-            train_loss = train(model, train_loader, optimizer)
-            val_loss = validate(model, val_loader)
+            train_loss = train(model, train_loader, optimizer, device)
+            val_loss = validate(model, val_loader, device)
+            synchronize(device)
             seconds = time.perf_counter() - began
             scheduler.step(val_loss)
             history.append({"epoch": epoch, "train_loss": train_loss, "val_loss": val_loss,
@@ -147,11 +160,11 @@ def run_torch_reference(epochs: int, seed: int, hidden_dim: int = 16, batch_size
                 best_val, best_epoch = val_loss, epoch
                 best_weights = copy.deepcopy(model.state_dict())
 
-        probabilities, labels = evaluate(model, test_loader)
+        probabilities, labels = evaluate(model, test_loader, device)
         test_auc = float(roc_auc_score(labels, probabilities))
-        best_model = LSTMseq(hidden_dim)
+        best_model = LSTMseq(hidden_dim).to(device)
         best_model.load_state_dict(best_weights)
-        best_probabilities, _ = evaluate(best_model, test_loader)
+        best_probabilities, _ = evaluate(best_model, test_loader, device)
         times = [row["epoch_seconds"] for row in history[1:]] or [history[0]["epoch_seconds"]]
         return {
             "history": history,
@@ -161,6 +174,7 @@ def run_torch_reference(epochs: int, seed: int, hidden_dim: int = 16, batch_size
             "best_val_loss": best_val,
             "median_epoch_seconds": statistics.median(times),
             "threads": torch.get_num_threads(),
+            "device": device_label(device),
             "torch_version": torch.__version__,
             "n_train": len(parts["train"]),
             "n_val": len(parts["val"]),
@@ -176,12 +190,17 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--hidden-dim", type=int, default=16)
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
+    parser.add_argument("--torch-device", choices=CHOICES, default="auto", help="auto: cuda when available")
     parser.add_argument("--out", help="write the results (without the model) to this JSON file")
     parser.add_argument("--save-state-dict", metavar="PT",
                         help="save the trained model's state_dict here (load it in JAX with "
                              "molml_jax.interop.load_torch_lstm_checkpoint)")
     args = parser.parse_args(argv)
-    result = run_torch_reference(args.epochs, args.seed, hidden_dim=args.hidden_dim, threads=args.threads)
+    from molml_jax.errors import exit_on_user_error
+
+    with exit_on_user_error():
+        result = run_torch_reference(args.epochs, args.seed, hidden_dim=args.hidden_dim, threads=args.threads,
+                                     device=args.torch_device)
     model = result.pop("model")
     if args.save_state_dict:
         Path(args.save_state_dict).parent.mkdir(parents=True, exist_ok=True)
@@ -193,7 +212,7 @@ def main(argv: list[str] | None = None) -> None:
     print(f"epochs {len(result['history'])}: train loss {last['train_loss']:.4f}, validation loss "
           f"{last['val_loss']:.4f}; test AUC {result['test_auc']:.4f} (best validation epoch "
           f"{result['best_epoch']}: {result['test_auc_best_val']:.4f}); median epoch "
-          f"{result['median_epoch_seconds']:.2f} s on {result['threads']} thread(s)")
+          f"{result['median_epoch_seconds']:.2f} s on {result['device']}, {result['threads']} thread(s)")
 
 
 if __name__ == "__main__":

@@ -28,6 +28,7 @@ from benchmarks.timing import interleaved_step_ms, torch_num_threads
 from molml_jax.process import keep_freed_memory  # call before importing torch / jax when timing
 import torch
 
+from benchmarks.torch_device import CHOICES, device_label, resolve_torch_device, synchronize
 from benchmarks.torch_models import UNet
 
 
@@ -60,16 +61,16 @@ def rotate(x, angles_deg, mode: str = "bilinear"):
     cos, sin = torch.cos(rot), torch.sin(rot)
     theta = torch.stack([torch.stack([cos, sin, torch.zeros_like(cos)], -1),
                          torch.stack([-sin, cos, torch.zeros_like(cos)], -1)], 1)  # (B, 2, 3)
-    base = torch.ones(h, w, 3)
-    base[..., 0] = torch.linspace(-w * 0.5 + 0.5, w * 0.5 - 0.5, w)
-    base[..., 1] = torch.linspace(-h * 0.5 + 0.5, h * 0.5 - 0.5, h)[:, None]
-    grid = base.view(1, h * w, 3) @ (theta.transpose(1, 2) / torch.tensor([0.5 * w, 0.5 * h]))
+    base = torch.ones(h, w, 3, device=x.device)
+    base[..., 0] = torch.linspace(-w * 0.5 + 0.5, w * 0.5 - 0.5, w, device=x.device)
+    base[..., 1] = torch.linspace(-h * 0.5 + 0.5, h * 0.5 - 0.5, h, device=x.device)[:, None]
+    grid = base.view(1, h * w, 3) @ (theta.transpose(1, 2) / torch.tensor([0.5 * w, 0.5 * h], device=x.device))
     return torch.nn.functional.grid_sample(x, grid.view(b, h, w, 2), mode=mode, padding_mode="zeros",
                                            align_corners=False)
 
 
 @torch.no_grad()
-def _evaluate(model, images, masks, batch_size: int):
+def _evaluate(model, images, masks, batch_size: int, device="cpu"):
     """Eval mode over (N, H, W) arrays: mean per-image Dice loss, Dice and IoU at 0.5 (the
     project's `dice_and_iou`, as the JAX pipeline's test metrics), and the probabilities (N, H, W)."""
     from molml_jax.metrics.segmentation import dice_and_iou
@@ -77,19 +78,20 @@ def _evaluate(model, images, masks, batch_size: int):
     model.eval()
     losses, probs = [], []
     for start in range(0, len(images), batch_size):
-        xb = torch.from_numpy(images[start:start + batch_size, None])
-        yb = torch.from_numpy(masks[start:start + batch_size, None])
+        xb = torch.from_numpy(images[start:start + batch_size, None]).to(device)
+        yb = torch.from_numpy(masks[start:start + batch_size, None]).to(device)
         prob = model(xb)
         losses.append(dice_loss_per_image(prob, yb))
         probs.append(prob[:, 0])
-    prob = torch.cat(probs).numpy()
+    prob = torch.cat(probs).cpu().numpy()
     dice, iou = dice_and_iou(prob, masks)
-    return float(torch.cat(losses).double().mean()), float(dice.mean()), float(iou.mean()), prob
+    return float(torch.cat(losses).double().mean().cpu()), float(dice.mean()), float(iou.mean()), prob
 
 
 def run_torch_reference(images: np.ndarray, masks: np.ndarray, split: dict, *, epochs: int = 20,
                         lr: float = 1e-3, batch_size: int = 4, rotation: float = 180.0,
-                        mask_mode: str = "bilinear", seed: int = 0, threads: int | None = None) -> dict:
+                        mask_mode: str = "bilinear", seed: int = 0, threads: int | None = None,
+                        device="cpu") -> dict:
     """Train the course's U-Net as the problem set does, on the given split.
 
     images, masks: float32 (N, H, W) in [0, 1]; split: 'train' / 'val' / 'test' index arrays
@@ -98,6 +100,8 @@ def run_torch_reference(images: np.ndarray, masks: np.ndarray, split: dict, *, e
     its own angle uniform in [-rotation, rotation] (image bilinear, mask `mask_mode`), Adam,
     per-image Dice loss on the sigmoid output; then validation in eval mode. The weights of
     the epoch with the lowest validation loss are tested, as the JAX pipeline's `best`.
+    device: a torch device or 'auto' / 'cpu' / 'cuda' (`benchmarks.torch_device`); the order
+    and the angles are drawn on the host either way, so every device sees the same batches.
 
     Returns {'history': [{'epoch', 'train_loss' (mean of batch losses), 'val_loss' (mean
     per-image Dice loss), 'val_dice', 'val_iou', 'epoch_seconds' (train + validation)}],
@@ -108,16 +112,18 @@ def run_torch_reference(images: np.ndarray, masks: np.ndarray, split: dict, *, e
 
     if epochs < 1:
         raise ValueError(f"epochs must be at least 1, got {epochs}")
+    device = resolve_torch_device(device, convolutions=True) if isinstance(device, str) else device
     with torch_num_threads(threads):
         torch.manual_seed(seed)
         generator = torch.Generator().manual_seed(seed)
-        model = UNet()
+        model = UNet().to(device)
         optimizer = torch.optim.Adam(model.parameters(), lr=lr)
         train_x = torch.from_numpy(np.ascontiguousarray(images[split["train"]][:, None]))
         train_y = torch.from_numpy(np.ascontiguousarray(masks[split["train"]][:, None]))
         val_x, val_y = images[split["val"]], masks[split["val"]]
         history, best_val, best_epoch, best_weights = [], math.inf, 0, None
         for epoch in range(1, epochs + 1):
+            synchronize(device)
             began = time.perf_counter()
             model.train()
             order = torch.randperm(len(train_x), generator=generator)
@@ -127,13 +133,17 @@ def run_torch_reference(images: np.ndarray, masks: np.ndarray, split: dict, *, e
                 xb, yb = train_x[index], train_y[index]
                 if rotation:
                     angles = (torch.rand(len(index), generator=generator) * 2 - 1) * rotation
+                xb, yb = xb.to(device, non_blocking=True), yb.to(device, non_blocking=True)
+                if rotation:
+                    angles = angles.to(device)
                     xb, yb = rotate(xb, angles, "bilinear"), rotate(yb, angles, mask_mode)
                 optimizer.zero_grad()
                 loss = dice_loss(model(xb), yb)
                 loss.backward()
                 optimizer.step()
                 batch_losses.append(loss.item())
-            val_loss, val_dice, val_iou, _ = _evaluate(model, val_x, val_y, batch_size)
+            val_loss, val_dice, val_iou, _ = _evaluate(model, val_x, val_y, batch_size, device)
+            synchronize(device)
             seconds = time.perf_counter() - began
             history.append({"epoch": epoch, "train_loss": float(np.mean(batch_losses)), "val_loss": val_loss,
                             "val_dice": val_dice, "val_iou": val_iou, "epoch_seconds": seconds})
@@ -141,13 +151,13 @@ def run_torch_reference(images: np.ndarray, masks: np.ndarray, split: dict, *, e
                 best_val, best_epoch, best_weights = val_loss, epoch, copy.deepcopy(model.state_dict())
         model.load_state_dict(best_weights)
         test_x, test_y = images[split["test"]], masks[split["test"]]
-        _, test_dice, test_iou, prob = _evaluate(model, test_x, test_y, batch_size)
+        _, test_dice, test_iou, prob = _evaluate(model, test_x, test_y, batch_size, device)
         test_map = mean_average_precision(list(prob > 0.5), list(test_y > 0.5))
         times = [row["epoch_seconds"] for row in history[1:]] or [history[0]["epoch_seconds"]]
         return {"history": history, "best_epoch": best_epoch, "best_val_loss": best_val,
                 "test_dice": test_dice, "test_iou": test_iou, "test_map": test_map,
                 "test_probabilities": prob, "median_epoch_seconds": statistics.median(times),
-                "threads": torch.get_num_threads(), "model": model}
+                "threads": torch.get_num_threads(), "device": device_label(device), "model": model}
 
 
 def step_times(batch_size: int = 4, size: int = 256, rounds: int = 3, steps: int = 5,
@@ -226,6 +236,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--torch-device", choices=CHOICES, default="auto",
+                        help="training: auto (cuda when available), cpu or cuda")
     parser.add_argument("--out", help="write the timings to this JSON file")
     parser.add_argument("--keep-freed-memory", action="store_true",
                         help="glibc keeps freed memory (no per-step page faults); see keep_freed_memory()")
@@ -235,10 +247,13 @@ def main(argv: list[str] | None = None) -> None:
     if not args.step_times:
         from molml_jax.pipelines.segmentation import Config, load_data
 
-        data = load_data(Config(seed=args.seed))  # the JAX pipeline's split
-        out = run_torch_reference(data.images, data.masks, data.split, epochs=args.epochs,
-                                  batch_size=args.batch_size, rotation=args.rotation, seed=args.seed,
-                                  threads=args.threads)
+        from molml_jax.errors import exit_on_user_error
+
+        with exit_on_user_error():
+            data = load_data(Config(seed=args.seed))  # the JAX pipeline's split
+            out = run_torch_reference(data.images, data.masks, data.split, epochs=args.epochs,
+                                      batch_size=args.batch_size, rotation=args.rotation, seed=args.seed,
+                                      threads=args.threads, device=args.torch_device)
         for row in out["history"]:
             print(f"epoch {row['epoch']:3d}  train {row['train_loss']:.4f}  val {row['val_loss']:.4f}  "
                   f"val Dice {row['val_dice']:.4f}  {row['epoch_seconds']:.1f} s")

@@ -30,6 +30,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
+from benchmarks.torch_device import CHOICES, device_label, resolve_torch_device, synchronize
 from benchmarks.torch_models import LENGTH, BindingPredictorCNN
 
 
@@ -75,11 +76,12 @@ def pearson_r(predictions, targets) -> float:
     return float(np.clip(r, -1.0, 1.0)) if np.isfinite(r) else 0.0
 
 
-def train_epoch(model, loader, optimizer) -> float:
+def train_epoch(model, loader, optimizer, device="cpu") -> float:
     """One epoch of updates; the mean of the batch losses."""
     model.train()
     losses = []
     for x, y in loader:
+        x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
         optimizer.zero_grad()
         loss = nn.functional.mse_loss(model(x), y)
         loss.backward()
@@ -88,13 +90,13 @@ def train_epoch(model, loader, optimizer) -> float:
     return float(np.mean(losses))
 
 
-def validate(model, loader) -> tuple[float, float]:
+def validate(model, loader, device="cpu") -> tuple[float, float]:
     """(MSE over all validation bases, Pearson R over all validation bases)."""
     model.eval()
     predictions, targets = [], []
     with torch.no_grad():
         for x, y in loader:
-            predictions.append(model(x).numpy())
+            predictions.append(model(x.to(device, non_blocking=True)).cpu().numpy())
             targets.append(y.numpy())
     p, t = np.concatenate(predictions), np.concatenate(targets)
     val_loss = float(np.mean((p.astype(np.float64) - t) ** 2))
@@ -105,12 +107,13 @@ def run_torch_reference(x: np.ndarray, y: np.ndarray, train_idx, val_idx, lr: fl
                         batch_size: int = 64, weight_decay: float = 1e-5, patience: int = 10,
                         seed: int = 0, threads: int | None = None, initial_state_dict=None,
                         num_channels: int = 32, num_blocks: int = 3, kernel_size: int = 3,
-                        dropout_rate: float = 0.2) -> dict:
+                        dropout_rate: float = 0.2, device="cpu") -> dict:
     """Train the study's model on x (N, L, 4) float32 one-hot and y (N, L) float32 scores.
 
     Training windows x[train_idx] in shuffled batches (torch generator seeded with `seed`),
     validation on x[val_idx] after each epoch; stops after `patience` epochs without a lower
-    validation loss, and restores the weights of the best epoch.
+    validation loss, and restores the weights of the best epoch. device: a torch device or
+    'auto' / 'cpu' / 'cuda' (`benchmarks.torch_device`).
 
     Returns {'history': [{'epoch', 'train_loss' (mean of the batch losses), 'val_loss' (MSE
     over all validation bases), 'val_pearson', 'epoch_seconds' (train + validation wall
@@ -125,6 +128,7 @@ def run_torch_reference(x: np.ndarray, y: np.ndarray, train_idx, val_idx, lr: fl
     train_idx, val_idx = np.asarray(train_idx), np.asarray(val_idx)
     if len(train_idx) == 0 or len(val_idx) == 0:
         raise ValueError("train_idx and val_idx must both be non-empty")
+    device = resolve_torch_device(device, convolutions=True) if isinstance(device, str) else device
     with torch_num_threads(threads):
         train_set = TFBindingDataset(x[train_idx], y[train_idx])
         val_set = TFBindingDataset(x[val_idx], y[val_idx])
@@ -136,14 +140,17 @@ def run_torch_reference(x: np.ndarray, y: np.ndarray, train_idx, val_idx, lr: fl
         model = BindingPredictorCNN(num_channels, num_blocks, kernel_size, dropout_rate, length=x.shape[1])
         if initial_state_dict is not None:
             model.load_state_dict(initial_state_dict)
+        model.to(device)
         optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)
 
         history, best_val, best_pearson, best_epoch = [], float("inf"), 0.0, 0
         best_weights, stale = copy.deepcopy(model.state_dict()), 0
         for epoch in range(1, epochs + 1):
+            synchronize(device)
             began = time.perf_counter()
-            train_loss = train_epoch(model, train_loader, optimizer)
-            val_loss, val_pearson = validate(model, val_loader)
+            train_loss = train_epoch(model, train_loader, optimizer, device)
+            val_loss, val_pearson = validate(model, val_loader, device)
+            synchronize(device)
             seconds = time.perf_counter() - began
             history.append({"epoch": epoch, "train_loss": train_loss, "val_loss": val_loss,
                             "val_pearson": val_pearson, "epoch_seconds": seconds})
@@ -165,6 +172,7 @@ def run_torch_reference(x: np.ndarray, y: np.ndarray, train_idx, val_idx, lr: fl
             "stopped_early": len(history) < epochs,
             "median_epoch_seconds": statistics.median(times),
             "threads": torch.get_num_threads(),
+            "device": device_label(device),
             "torch_version": torch.__version__,
             "n_train": len(train_set),
             "n_val": len(val_set),
@@ -296,6 +304,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--lr", type=float, default=1e-3)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
+    parser.add_argument("--torch-device", choices=CHOICES, default="auto", help="auto: cuda when available")
     parser.add_argument("--out", help="write the results (without the model) to this JSON file")
     parser.add_argument("--step-times", action="store_true",
                         help="instead of training: time one train step, torch vs Flax variants (batch 64)")
@@ -318,8 +327,11 @@ def main(argv: list[str] | None = None) -> None:
     x, y = random_data(args.n, args.length, args.seed)
     order = np.random.default_rng(args.seed).permutation(args.n)
     n_val = max(1, int(round(0.2 * args.n)))
-    result = run_torch_reference(x, y, order[n_val:], order[:n_val], lr=args.lr, epochs=args.epochs,
-                                 seed=args.seed, threads=args.threads)
+    from molml_jax.errors import exit_on_user_error
+
+    with exit_on_user_error():
+        result = run_torch_reference(x, y, order[n_val:], order[:n_val], lr=args.lr, epochs=args.epochs,
+                                     seed=args.seed, threads=args.threads, device=args.torch_device)
     result.pop("model")
     if args.out:
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
@@ -329,7 +341,7 @@ def main(argv: list[str] | None = None) -> None:
               f"{row['val_loss']:.4f}, Pearson R {row['val_pearson']:.4f} ({row['epoch_seconds']:.2f} s)")
     print(f"best epoch {result['best_epoch']}: validation loss {result['best_val_loss']:.4f}, Pearson R "
           f"{result['best_val_pearson']:.4f}; median epoch {result['median_epoch_seconds']:.2f} s on "
-          f"{result['threads']} thread(s)")
+          f"{result['device']}, {result['threads']} thread(s)")
 
 
 if __name__ == "__main__":

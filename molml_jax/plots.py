@@ -103,3 +103,29 @@ def plot_segmentation_examples(images, predicted, truth, names: Sequence[str], p
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
+
+
+def plot_loss_bands(groups: dict[str, Sequence[Sequence[dict]]], path: str | Path, *, title: str = "") -> None:
+    """Many runs per group (e.g. seeds per framework): the median train and validation loss
+    per epoch, and the 10-90% band across runs. Runs that stopped early count until they stop."""
+    import numpy as np
+
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2), sharey=True)
+    for i, (name, runs) in enumerate(groups.items()):
+        length = max(len(history) for history in runs)
+        for ax, key in zip(axes, ("train_loss", "val_loss")):
+            values = np.full((len(runs), length), np.nan)
+            for r, history in enumerate(runs):
+                values[r, :len(history)] = [row[key] for row in history]
+            epochs = np.arange(1, length + 1)
+            low, median, high = np.nanpercentile(values, [10, 50, 90], axis=0)
+            ax.fill_between(epochs, low, high, color=f"C{i}", alpha=0.25, lw=0)
+            ax.plot(epochs, median, color=f"C{i}", label=f"{name}: median of {len(runs)}, 10-90% band")
+    for ax, label in zip(axes, ("train loss", "validation loss")):
+        ax.set(xlabel="epoch", ylabel=label)
+        ax.legend(fontsize=8)
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)

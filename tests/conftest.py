@@ -7,6 +7,7 @@ os.environ["XLA_FLAGS"] = (
 ).strip()
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
+import types  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 import numpy as np  # noqa: E402
@@ -64,3 +65,18 @@ def write_pairs(parent: Path) -> Path:
         Image.fromarray(image).save(folder / f"s{i}_raw.png")
         Image.fromarray(mask).save(folder / f"s{i}_label.png")
     return folder
+
+
+def run_launcher(name: str, *args, capsys) -> types.SimpleNamespace:
+    """`python -m experiments.<name> ARGS` in this process (no interpreter and JAX start-up):
+    .returncode, .stdout, .stderr, as subprocess.run gives them."""
+    import importlib
+
+    capsys.readouterr()
+    try:
+        importlib.import_module(f"experiments.{name}").main([str(a) for a in args])
+        status = 0
+    except SystemExit as exit:
+        status = exit.code or 0
+    out, err = capsys.readouterr()
+    return types.SimpleNamespace(returncode=status, stdout=out, stderr=err)

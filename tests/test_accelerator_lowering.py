@@ -44,7 +44,8 @@ def _modules(name, configs, platform):
     if configs:
         state = engine.stack([state] * configs)
     one = lambda tree: jax.tree.map(lambda a: np.asarray(a)[None], tree)  # the device axis
-    per_device = lambda f, in_axes: jax.jit(jax.vmap(f, in_axes=in_axes, axis_name=AXIS))
+    per_device = lambda f, in_axes, donate=(): jax.jit(jax.vmap(f, in_axes=in_axes, axis_name=AXIS),
+                                                       donate_argnums=donate)
     index = np.arange(config.batch_size, dtype=np.int32)
     weight = np.ones(config.batch_size, np.float32)
     active = np.ones(configs, bool) if configs else None
@@ -52,7 +53,8 @@ def _modules(name, configs, platform):
     programs = {
         "train step": (per_device(engine._batch_step, (0, 0, 0, 0, 0, None)),
                        (one(state), one(arrays), one(index), one(weight), one(index), active)),
-        "scanned epoch": (per_device(engine._scan_epoch, (0, 0, None, None)), (one(state), one(arrays), key, active)),
+        "scanned epoch": (per_device(engine._scan_epoch, (0, 0, None, None), donate=(0,)),  # as Engine donates
+                          (one(state), one(arrays), key, active)),
         "eval step": (per_device(engine._eval_step, (0, 0, 0, 0)), (one(state), one(arrays), one(index), one(weight))),
     }
     if platform == "cpu":  # export refuses the oneDNN calls (no compatibility guarantee): lower here
@@ -64,10 +66,21 @@ def _modules(name, configs, platform):
 @pytest.mark.parametrize("configs", [None, 2], ids=["one run", "vmapped sweep"])
 @pytest.mark.parametrize("name", ["dna", "tf_binding", "segmentation"])
 def test_programs_lower_for_cuda_without_cpu_only_calls(name, configs):
-    for what, module in _modules(name, configs, "cuda").items():
+    modules = _modules(name, configs, "cuda")
+    for what, module in modules.items():
         assert CPU_ONLY not in module, f"{name} {what}: CPU-only custom call in the CUDA lowering"
         if name != "dna":  # the CNN and the U-Net convolve with XLA's convolutions on GPU
             assert "stablehlo.convolution" in module, f"{name} {what}"
+    # the donated state's buffers are reused for the new state (one copy per epoch, not two)
+    signature = next(line for line in modules["scanned epoch"].splitlines() if "func.func public @main" in line)
+    n_state = len(jax.tree.leaves(_state_leaves(name, configs)))
+    assert signature.count("tf.aliasing_output") == n_state, signature[:300]
+
+
+def _state_leaves(name, configs):
+    pipeline, config, arrays = _setup(name)
+    model = pipeline.build_model(config)
+    return create_train_state(model, pipeline.make_optimizer(config), (arrays["x"][:1],), 0)
 
 
 @pytest.mark.skipif(conv_targets() is None, reason="no oneDNN build on this machine")

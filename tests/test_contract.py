@@ -16,7 +16,7 @@ import pytest
 from molml_jax.errors import InputError
 from molml_jax.pipelines import dna, segmentation, tf_binding
 
-from conftest import REPO, motif_sequences
+from conftest import REPO, motif_sequences, run_launcher
 
 PIPELINES = {"dna": dna, "tf_binding": tf_binding, "segmentation": segmentation}
 # name -> positional parameters every pipeline's function takes, in order
@@ -138,6 +138,14 @@ def test_sweep_vmapped_equals_sequential_for_every_pipeline(tiny, tmp_path):
     for a, b in zip(vmap["rows"], sequential["rows"]):
         assert (a["lr"], a["seed"], a["best_epoch"], a["epochs_run"]) == (b["lr"], b["seed"], b["best_epoch"], b["epochs_run"])
         assert a["best_val_loss"] == pytest.approx(b["best_val_loss"], rel=1e-4)
+    # every configuration's final state is evaluated again: on validation it must give the
+    # loss its last epoch logged, and on the test split (where there is one) test metrics
+    for row, history in zip(vmap["rows"], vmap["histories"]):
+        assert row["last_val_loss"] == pytest.approx(history[-1]["val_loss"], rel=1e-5)
+        has_test = module is not tf_binding
+        assert any(k.startswith("last_test_") and k != "last_test_loss" for k in row) == has_test, row
+    if module is not tf_binding:
+        assert "last-epoch test" in (tmp_path / "vmap" / "sweep.md").read_text()
     for name in ("sweep.csv", "sweep.md", "sweep.json", "sweep_curves.png"):
         assert (tmp_path / "vmap" / name).is_file(), name
     assert "| 0.01 |" in (tmp_path / "vmap" / "sweep.md").read_text()
@@ -196,24 +204,11 @@ def test_help_and_unknown_commands_from_the_command_line():
     _one_line_error(_cli("tf_binding", "sweep", "--lrs", "0,1e-3"), "learning rates must be a non-empty list")
 
 
-def _main(name, *args, capsys):
-    """The launcher in this process: (exit status, stdout, stderr)."""
-    import importlib
-
-    try:
-        importlib.import_module(f"experiments.{name}").main([str(a) for a in args])
-        status = 0
-    except SystemExit as exit:
-        status = exit.code
-    out, err = capsys.readouterr()
-    return status, out, err
-
-
 def test_config_reruns_a_stored_run_exactly_and_foreign_configs_are_refused(trained, tmp_path, capsys):
     module, config_for, _, first, _ = trained
     name = module.HOOKS.name
     again = tmp_path / "again"
-    proc = _cli(name, "train", "--config", first / "config.json", "--out", again, "--quiet")
+    proc = run_launcher(name, "train", "--config", first / "config.json", "--out", again, "--quiet", capsys=capsys)
     assert proc.returncode == 0, proc.stderr
     columns = ["epoch", "train_loss", "val_loss", "lr"]
     pd.testing.assert_frame_equal(pd.read_csv(first / "history.csv")[columns], pd.read_csv(again / "history.csv")[columns])
@@ -236,7 +231,8 @@ def test_config_reruns_a_stored_run_exactly_and_foreign_configs_are_refused(trai
     ]:
         if args[0] == "train":
             args = args + ("--out", tmp_path / "never")
-        status, _, err = _main(other, *args, capsys=capsys)
+        proc = run_launcher(other, *args, capsys=capsys)
+        status, err = proc.returncode, proc.stderr
         lines = err.strip().splitlines()
         assert status == 2 and len(lines) == 1 and lines[0].startswith("error: ") and fragment in lines[0], err
     assert not (tmp_path / "never").exists()

@@ -3,8 +3,6 @@ and every bad-input path of the command line."""
 
 import json
 import shutil
-import subprocess
-import sys
 
 import numpy as np
 import pandas as pd
@@ -13,7 +11,7 @@ import pytest
 from molml_jax.errors import InputError, TrainingDiverged
 from molml_jax.pipelines import dna
 
-from conftest import REPO, motif_sequences
+from conftest import motif_sequences, run_launcher
 
 LOSSES = ["epoch", "train_loss", "val_loss", "lr", "val_accuracy"]
 
@@ -135,9 +133,8 @@ def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(tiny_dna_csv, tmp_
     dna.predict(run, tiny_dna_csv, tmp_path / "p.csv")  # the kept checkpoint still works
 
 
-def _cli(*args, cwd):
-    return subprocess.run([sys.executable, "-m", "experiments.dna", *map(str, args)], cwd=cwd,
-                          capture_output=True, text=True, env=None)
+def _cli(*args, capsys):
+    return run_launcher("dna", *args, capsys=capsys)
 
 
 def _assert_one_line_error(proc, *fragments):
@@ -149,10 +146,10 @@ def _assert_one_line_error(proc, *fragments):
         assert fragment in lines[0], lines[0]
 
 
-def test_cli_bad_input_one_line_exit_2_nothing_overwritten(tiny_dna_csv, tmp_path):
+def test_cli_bad_input_one_line_exit_2_nothing_overwritten(tiny_dna_csv, tmp_path, capsys):
     run = tmp_path / "run"
     ok = _cli("--data", tiny_dna_csv, "--epochs", 1, "--batch-size", 32, "--hidden-dim", 4,
-              "--out", run, "--quiet", cwd=REPO)
+              "--out", run, "--quiet", capsys=capsys)
     assert ok.returncode == 0, ok.stderr
     assert "test_auc" in ok.stdout
 
@@ -175,7 +172,7 @@ def test_cli_bad_input_one_line_exit_2_nothing_overwritten(tiny_dna_csv, tmp_pat
         (bad_label, ["bad_label.csv", "line 3", "not 0 or 1"]),
     ]
     for path, fragments in cases:
-        proc = _cli("--data", path, "--epochs", 1, "--out", new_run, cwd=REPO)
+        proc = _cli("--data", path, "--epochs", 1, "--out", new_run, capsys=capsys)
         _assert_one_line_error(proc, *fragments)
         assert not new_run.exists()  # nothing written for bad input
 
@@ -188,11 +185,11 @@ def test_cli_bad_input_one_line_exit_2_nothing_overwritten(tiny_dna_csv, tmp_pat
         (["--checkpoint", run, "--input", bad_char], ["bad_char.csv", "unknown character"]),
         (["--checkpoint", run, "--input", tmp_path / "nope.csv"], ["nope.csv", "no such file"]),
     ]:
-        _assert_one_line_error(_cli("predict", *args, "--output", out, cwd=REPO), *fragments)
+        _assert_one_line_error(_cli("predict", *args, "--output", out, capsys=capsys), *fragments)
         assert out.read_text() == "precious\n"
     # evaluate needs labels; ragged lengths are fine for the LSTM
     unlabeled = tmp_path / "unlabeled.csv"
     unlabeled.write_text("seq\nACGTACGTACGTACGTACGTACGT\n")
-    _assert_one_line_error(_cli("evaluate", "--checkpoint", run, "--input", unlabeled, cwd=REPO),
+    _assert_one_line_error(_cli("evaluate", "--checkpoint", run, "--input", unlabeled, capsys=capsys),
                            "unlabeled.csv", "no label column")
-    assert _cli("evaluate", "--checkpoint", run, "--input", tiny_dna_csv, cwd=REPO).returncode == 0
+    assert _cli("evaluate", "--checkpoint", run, "--input", tiny_dna_csv, capsys=capsys).returncode == 0

@@ -183,3 +183,30 @@ def test_vmapped_configurations_match_sequential_runs_and_freeze_when_inactive(d
     for a, b in zip(jax.tree.leaves(frozen), jax.tree.leaves(both)):
         np.testing.assert_array_equal(a[1], b[1])
     assert int(frozen.step[0]) == int(both.step[0]) + 3 and int(frozen.step[1]) == int(both.step[1])
+
+
+def test_scan_epoch_donates_the_state_and_a_non_finite_epoch_keeps_the_state_it_entered_with():
+    """The scanned epoch writes the new state over the one it was given (donated: the input
+    is deleted where the backend honours donation), so the divergence guard is inside the
+    epoch: a configuration whose parameters become non-finite keeps its entry state and
+    reports a NaN loss; the other configuration trains on."""
+    from molml_jax.train.state import with_learning_rate
+
+    engine, state = _engine("scan")
+    assert engine.donates_state and not _engine("loop")[0].donates_state
+    train = engine.put(_data())
+    given = engine.replicate(state)
+    new, metrics = engine.train_epoch(given, train, 1)
+    assert np.isfinite(metrics["loss"])
+    assert all(leaf.is_deleted() for leaf in jax.tree.leaves(given))  # XLA:CPU honours donation
+    assert not any(leaf.is_deleted() for leaf in jax.tree.leaves(new))
+
+    sweep = Engine(engine.task, engine.tx, batch_size=32, driver="scan", configs=2)
+    entry = sweep.stack([with_learning_rate(state, 1e-2), with_learning_rate(state, np.inf)])
+    out, metrics = sweep.train_epoch(sweep.replicate(entry), sweep.put(_data()), 1, order_rng=state.rng)
+    out = sweep.unreplicate(out)
+    assert np.isfinite(metrics["loss"][0]) and np.isnan(metrics["loss"][1])
+    for before, after in zip(jax.tree.leaves(entry), jax.tree.leaves(out)):
+        np.testing.assert_array_equal(after[1], before[1])  # the diverged one: exactly its entry state
+    assert int(out.step[0]) == 3 and int(out.step[1]) == 0
+    assert all(np.isfinite(leaf[0]).all() for leaf in jax.tree.leaves(out.params))

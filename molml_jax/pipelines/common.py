@@ -240,7 +240,7 @@ def sweep(pipeline: types.ModuleType, config, lrs: Sequence[float], *, seeds: in
         lambda seed: create_train_state(model, tx, hooks.example_inputs(config), seed),
         runs, data.arrays("train"), data.arrays("val"), loop, parallel=mode, order_rng=order_rng,
         progress=progress)
-    rows, table = sweeps.summarize(runs, trained.histories)
+    rows, table = sweeps.summarize(runs, trained.histories, _last_epoch_metrics(hooks, data, trained))
     record = config_record(config, hooks.name)
     result = {"parallel": mode, "wall_seconds": trained.wall_seconds, "backend": jax.default_backend(),
               "epochs": config.epochs, "rows": rows, "table": table, "histories": trained.histories,
@@ -250,6 +250,26 @@ def sweep(pipeline: types.ModuleType, config, lrs: Sequence[float], *, seeds: in
     if wandb:
         sweeps.log_wandb(out, f"molml-jax-{hooks.name.replace('_', '-')}", record, runs, trained.histories, rows)
     return result
+
+
+def _last_epoch_metrics(hooks: Hooks, data, trained: sweeps.SweepRun) -> list[dict]:
+    """Per configuration, last_val_<m> and last_test_<m> (where the data has a test split)
+    of its final state: the test numbers a sweep over seeds compares. Evaluated by the
+    engine that trained them (its compiled eval step; all K at once when vmapped)."""
+    engine, states = trained.engine, trained.states
+    groups = [engine.stack(states)] if engine.configs else states
+    records: list[dict] = [{} for _ in states]
+    for part in [p for p in ("val", "test") if p in data.split]:
+        arrays = engine.put(data.arrays(part))
+        for g, group in enumerate(groups):
+            metrics, outputs = engine.evaluate(engine.replicate(group), arrays, return_outputs=True)
+            for k in range(len(states) if engine.configs else 1):
+                i = k if engine.configs else g
+                pick = (lambda v: float(np.asarray(v)[k])) if engine.configs else float
+                record = {name: pick(v) for name, v in metrics.items()}
+                record.update(hooks.split_metrics(data, part, outputs[k] if engine.configs else outputs))
+                records[i].update({f"last_{part}_{name}": v for name, v in record.items()})
+    return records
 
 
 def load_run(pipeline: types.ModuleType, run_dir, checkpoint: str = "best"):

@@ -73,6 +73,12 @@ class Engine:
     configs=K trains K configurations at once (a sweep): every leaf of the state has a
     leading axis K (after the device axis), the step is vmapped over it, and all K see the
     same batches. `active` (K,) bool freezes configurations that stopped early.
+
+    The scan driver donates the state it is given (`donates_state`): XLA writes the new
+    state over the old one's buffers, so an epoch holds one copy of the parameters and
+    optimizer moments, not two. The previous state is then gone, so the divergence guard runs
+    inside the compiled epoch: a configuration whose train loss or parameters became
+    non-finite leaves the epoch with the state it entered with.
     """
 
     def __init__(self, task: Task, tx: optax.GradientTransformation, *, batch_size: int,
@@ -97,8 +103,10 @@ class Engine:
         self.driver = task.driver_for(backend) if driver == "auto" else driver
         if self.driver not in ("scan", "loop"):
             raise ValueError(f"driver must be 'scan', 'loop' or 'auto', not {driver!r}")
-        pmap = lambda f, in_axes: jax.pmap(f, axis_name=AXIS, in_axes=in_axes, devices=self.devices)
-        self._epoch = pmap(self._scan_epoch, (0, 0, None, None))
+        pmap = lambda f, in_axes, donate=(): jax.pmap(f, axis_name=AXIS, in_axes=in_axes, devices=self.devices,
+                                                      donate_argnums=donate)
+        self.donates_state = self.driver == "scan"
+        self._epoch = pmap(self._scan_epoch, (0, 0, None, None), donate=(0,))
         self._step = pmap(self._batch_step, (0, 0, 0, 0, 0, None))
         self._eval = pmap(self._eval_step, (0, 0, 0, 0))
         self._plan = jax.jit(batch_plan, static_argnums=(1, 2, 3, 4))
@@ -207,8 +215,9 @@ class Engine:
         def body(state, plan_row):
             return self._batch_step(state, data, *plan_row, active)
 
-        state, sums = jax.lax.scan(body, state, plan)
-        return state, jax.tree.map(lambda s: s.sum(0), sums)
+        new, sums = jax.lax.scan(body, state, plan)
+        sums = jax.tree.map(lambda s: s.sum(0), sums)
+        return _unless_non_finite(new, state, sums, stacked=self.configs is not None)
 
     def _eval_step(self, state, data, index, weight):
         batch = self._gather(data, index, weight, index)
@@ -265,6 +274,21 @@ class Engine:
         per_batch = [np.moveaxis(np.asarray(o), 1, 0) for o in outputs]
         stacked = np.concatenate([o.reshape((o.shape[0], -1) + o.shape[3:]) for o in per_batch], axis=1)
         return metrics, stacked[:, : data.n]
+
+
+def _unless_non_finite(new: TrainState, old: TrainState, sums: dict, *, stacked: bool) -> tuple[TrainState, dict]:
+    """(state, sums) of an epoch: `new`, except for configurations whose loss sum or
+    parameters are not finite, which keep `old` (their state before the epoch) and report a
+    NaN loss, so the loop stops them as diverged. sums['loss']: () or (K,) when stacked."""
+    def finite(tree):
+        per_leaf = [jnp.isfinite(x).reshape((x.shape[0], -1) if stacked else (-1,)).all(-1)
+                    for x in jax.tree.leaves(tree)]
+        return jnp.stack(per_leaf).all(0)
+
+    ok = jnp.isfinite(sums["loss"]) & finite(new.params)
+    pick = (lambda n, o: jnp.where(ok.reshape((-1,) + (1,) * (n.ndim - 1)), n, o)) if stacked else \
+        (lambda n, o: jnp.where(ok, n, o))
+    return jax.tree.map(pick, new, old), {**sums, "loss": jnp.where(ok, sums["loss"], jnp.nan)}
 
 
 def _means(sums: Any, summarize=None) -> dict:

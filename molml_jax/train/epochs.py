@@ -129,8 +129,10 @@ def run_epochs(engine: Engine, state: TrainState, train: DeviceData, val: Device
         seconds = time.perf_counter() - began
         improved, diverged = tracker.update(val_metrics["loss"], train_metrics["loss"], config)
         tracker.mark_best(improved, epoch)
-        state = _keep_last_good(candidate, state, diverged, stacked)
-        if tracker.plateau is not None and np.any(tracker.plateau.lr != np.atleast_1d(lrs)):
+        # a donating engine kept the last good state inside the epoch (the old one is gone)
+        state = candidate if engine.donates_state else _keep_last_good(candidate, state, diverged, stacked)
+        # compared in the state's float32: a float64 schedule value is not a change of rate
+        if tracker.plateau is not None and np.any(tracker.plateau.lr.astype(lrs.dtype) != np.atleast_1d(lrs)):
             state = with_learning_rate(state, tracker.plateau.lr if stacked else float(tracker.plateau.lr[0]))
         rows = []
         for j in range(len(active)):

@@ -7,9 +7,8 @@ import dataclasses
 import statistics
 from pathlib import Path
 
-from tqdm.auto import tqdm
-
 from molml_jax.errors import InputError, TrainingDiverged
+from molml_jax.progress import progress_bar
 from molml_jax.train.checkpoint import Checkpoints
 from molml_jax.train.engine import DeviceData, Engine
 from molml_jax.train.epochs import LoopConfig, Tracker, run_epochs
@@ -76,8 +75,8 @@ def fit(engine: Engine, state: TrainState, train: DeviceData, val: DeviceData, c
 
     replicated = engine.replicate(state)
     first_seconds = None
-    bar = tqdm(total=config.epochs, initial=start or 0, desc=run_dir.name, unit="epoch",
-               disable=not config.progress, dynamic_ncols=True)
+    bar = progress_bar(total=config.epochs, initial=start or 0, desc=run_dir.name, unit="epoch",
+                       disable=not config.progress, dynamic_ncols=True)
     try:
         for result in run_epochs(engine, replicated, train, val, config, tracker, start=start or 0):
             epoch, row = result.epoch, result.rows[0]

@@ -67,8 +67,11 @@ def learning_rate(opt_state) -> jnp.ndarray:
 
 
 def with_learning_rate(state: TrainState, lr) -> TrainState:
-    """A state whose learning rate is `lr` (same shape as the stored one: per device/config)."""
+    """A state whose learning rate is `lr` (same shape as the stored one: per device/config),
+    placed as the stored one is, so a compiled epoch taking the state does not recompile."""
     old = learning_rate(state.opt_state)
     new = jnp.broadcast_to(jnp.asarray(lr, old.dtype), old.shape)
+    if isinstance(old, jax.Array):
+        new = jax.device_put(new, old.sharding)
     hyper = dict(state.opt_state.hyperparams, learning_rate=new)
     return state.replace(opt_state=state.opt_state._replace(hyperparams=hyper))

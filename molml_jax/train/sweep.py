@@ -18,9 +18,9 @@ from typing import Callable, Mapping, Sequence
 
 import jax
 import numpy as np
-from tqdm.auto import tqdm
 
 from molml_jax.errors import InputError
+from molml_jax.progress import progress_bar
 from molml_jax.train.engine import Engine
 from molml_jax.train.epochs import LoopConfig, Tracker, run_epochs
 from molml_jax.train.run_folder import write_json
@@ -62,6 +62,8 @@ class SweepRun:
     histories: list[list[dict]]  # per configuration, one row per epoch it trained
     wall_seconds: float
     parallel: str
+    states: list[TrainState]  # per configuration, its state after its last epoch (host numpy)
+    engine: Engine  # the engine that trained them (configs=K when vmapped), to evaluate them
 
 
 def train_configurations(make_engine: Callable[[int | None], Engine], init_state: Callable[[int], TrainState],
@@ -77,46 +79,54 @@ def train_configurations(make_engine: Callable[[int | None], Engine], init_state
     began = time.perf_counter()
     if parallel == "vmap":
         engine = make_engine(len(runs))
-        histories = _train(engine, engine.stack(states), [r.lr for r in runs], engine.put(train), engine.put(val),
-                           config, order_rng, progress, f"sweep x{len(runs)} (vmap)")
+        histories, last = _train(engine, engine.stack(states), [r.lr for r in runs], engine.put(train),
+                                 engine.put(val), config, order_rng, progress, f"sweep x{len(runs)} (vmap)")
+        finals = [jax.tree.map(lambda x, k=k: x[k], last) for k in range(len(runs))]
     else:
         engine = make_engine(None)
         train_d, val_d = engine.put(train), engine.put(val)
-        histories = []
+        histories, finals = [], []
         for run, state in zip(runs, states):
-            histories += _train(engine, state, [run.lr], train_d, val_d, config, order_rng, progress, run.label)
-    return SweepRun(histories, time.perf_counter() - began, parallel)
+            history, last = _train(engine, state, [run.lr], train_d, val_d, config, order_rng, progress, run.label)
+            histories += history
+            finals.append(last)
+    return SweepRun(histories, time.perf_counter() - began, parallel, finals, engine)
 
 
-def _train(engine, host_state, lrs, train, val, config, order_rng, progress, label) -> list[list[dict]]:
+def _train(engine, host_state, lrs, train, val, config, order_rng, progress, label):
+    """(per-run histories, the host state after the last epoch: stacked when engine.configs)."""
     tracker = Tracker.start(lrs, config.plateau)
     histories: list[list[dict]] = [[] for _ in lrs]
-    with tqdm(total=config.epochs, desc=label, unit="epoch", disable=not progress, dynamic_ncols=True) as bar:
-        for result in run_epochs(engine, engine.replicate(host_state), train, val, config, tracker,
-                                 order_rng=order_rng):
+    state = engine.replicate(host_state)
+    with progress_bar(total=config.epochs, desc=label, unit="epoch", disable=not progress, dynamic_ncols=True) as bar:
+        for result in run_epochs(engine, state, train, val, config, tracker, order_rng=order_rng):
             for history, row in zip(histories, result.rows):
                 if row is not None:
                     history.append(row)
+            state = result.state
             bar.update(1)
-    return histories
+    return histories, engine.unreplicate(state)
 
 
-def summarize(runs: Sequence[Configuration], histories: Sequence[list[dict]]) -> tuple[list[dict], list[dict]]:
+def summarize(runs: Sequence[Configuration], histories: Sequence[list[dict]],
+              last: Sequence[dict] | None = None) -> tuple[list[dict], list[dict]]:
     """(rows, table): each configuration's best epoch (lowest finite validation loss) with
-    its validation metrics, and per rate the mean and sample sd of those over seeds."""
+    its validation metrics, plus its `last` entries (e.g. last_test_auc of its final state),
+    and per rate the mean and sample sd of those over seeds."""
     rows = []
-    for run, history in zip(runs, histories):
+    for i, (run, history) in enumerate(zip(runs, histories)):
         finite = [r for r in history if np.isfinite(r["val_loss"])]
         best = min(finite, key=lambda r: r["val_loss"]) if finite else history[-1]
         row = {"lr": run.lr, "seed": run.seed}
         row.update({f"best_{k}": v for k, v in best.items() if k.startswith("val_")})
         row.update(best_epoch=best["epoch"], epochs_run=len(history))
+        row.update(last[i] if last is not None else {})
         rows.append(row)
     table = []
     for lr in dict.fromkeys(r["lr"] for r in rows):
         group = [r for r in rows if r["lr"] == lr]
         entry = {"lr": lr, "seeds": len(group)}
-        for key in [k for k in group[0] if k.startswith("best_") or k == "epochs_run"]:
+        for key in [k for k in group[0] if k.startswith(("best_", "last_")) or k == "epochs_run"]:
             values = np.array([r[key] for r in group], np.float64)
             entry[key] = float(values.mean())
             entry[f"{key}_sd"] = float(values.std(ddof=1)) if len(values) > 1 else 0.0
@@ -135,8 +145,10 @@ def write_sweep(out: Path, result: dict, runs: Sequence[Configuration], title: s
     write_json(out / "sweep.json", result)
     seeds = result["table"][0]["seeds"]
     spread = seeds > 1
-    metrics = [k for k in result["table"][0] if k.startswith("best_val_") and not k.endswith("_sd")]
-    head = ["learning rate"] + [("validation " + k[len("best_val_"):]).replace("_", " ") for k in metrics]
+    metrics = [k for k in result["table"][0] if k.startswith(("best_val_", "last_test_")) and not k.endswith("_sd")]
+    named = lambda k: (("validation " + k[len("best_val_"):]) if k.startswith("best_val_")
+                       else "last-epoch test " + k[len("last_test_"):]).replace("_", " ")
+    head = ["learning rate"] + [named(k) for k in metrics]
     head += ["best epoch", "epochs run"]
     lines = [f"# {title} ({result['epochs']} epochs, {seeds} seed(s) per rate, {result['parallel']}, "
              f"{result['wall_seconds']:.1f} s)", "", f"Data: {result['data']}", "",
@@ -145,7 +157,8 @@ def write_sweep(out: Path, result: dict, runs: Sequence[Configuration], title: s
         fmt = (lambda k, d: f"{e[k]:.{d}f} ± {e[k + '_sd']:.{d}f}") if spread else (lambda k, d: f"{e[k]:.{d}f}")
         cells = [f"{e['lr']:g}"] + [fmt(k, 4) for k in metrics] + [fmt("best_epoch", 1), fmt("epochs_run", 1)]
         lines.append("| " + " | ".join(cells) + " |")
-    lines += ["", "Each value is taken at the configuration's epoch of lowest validation loss"
+    lines += ["", "Validation values are taken at the configuration's epoch of lowest validation loss, "
+              "test values (where the data has a test split) from its state after its last epoch"
               + ("; mean ± sample standard deviation over seeds." if spread else ".")]
     (out / "sweep.md").write_text("\n".join(lines) + "\n")
     labels = [run.label if spread else f"lr {run.lr:g}" for run in runs]
