@@ -32,7 +32,6 @@ loss curves (median and 10-90% per framework): dna_seeds.{json,md} and dna_seeds
 from __future__ import annotations
 
 import argparse
-import csv
 import dataclasses
 import statistics
 import sys
@@ -42,23 +41,14 @@ from pathlib import Path
 
 import numpy as np
 
-from benchmarks.report import machine_facts, machine_line, writable, write_results
+from benchmarks.report import (epoch_seconds_after_first, machine_facts, machine_line, read_history, writable,
+                               write_results)
 from benchmarks.seed_stats import LEFT_PLATEAU_BELOW, compare, comparison_lines, left_plateau_epoch
 from benchmarks.torch_device import CHOICES, check_torch_device, torch_unavailable_reason
 from experiments._cli import positive_int
 from molml_jax.process import prepare_process
 
 RESULTS = Path(__file__).resolve().parent / "results"
-
-
-def _read_history(path: Path) -> list[dict]:
-    with open(path, newline="") as handle:
-        return [{k: (int(v) if k == "epoch" else float(v)) for k, v in row.items()} for row in csv.DictReader(handle)]
-
-
-def _median_after_first(history: list[dict]) -> float:
-    times = [row["epoch_seconds"] for row in history[1:]] or [history[0]["epoch_seconds"]]
-    return statistics.median(times)
 
 
 def run(epochs: int, seed: int, devices: int = 1, torch_threads: int | None = None,
@@ -94,7 +84,7 @@ def run(epochs: int, seed: int, devices: int = 1, torch_threads: int | None = No
                                      progress=False, initial_params=initial_params)
         n_train = summary["n_train"]
         jax_wall = time.perf_counter() - began
-        jax_history = _read_history(run_dir / "history.csv")
+        jax_history = read_history(run_dir / "history.csv")
 
     began = time.perf_counter()
     reference = run_torch_reference(epochs, seed, threads=torch_threads, device=torch_device,
@@ -103,8 +93,8 @@ def run(epochs: int, seed: int, devices: int = 1, torch_threads: int | None = No
     reference.pop("model")
     torch_history = reference["history"]
 
-    jax_epoch = _median_after_first(jax_history)
-    torch_epoch = _median_after_first(torch_history)
+    jax_epoch = statistics.median(epoch_seconds_after_first(jax_history))
+    torch_epoch = statistics.median(epoch_seconds_after_first(torch_history))
     result = {
         "command": f"python -m benchmarks.dna_vs_torch --epochs {epochs} --seed {seed} --devices {devices}"
                    + (f" --torch-threads {torch_threads}" if torch_threads else "")

@@ -95,6 +95,19 @@ def writable(folder: Path) -> Path:
     return folder
 
 
+def read_history(path: Path) -> list[dict]:
+    """A run folder's history.csv as a list of rows (epoch int, the rest float)."""
+    import csv
+
+    with open(path, newline="") as handle:
+        return [{k: (int(v) if k == "epoch" else float(v)) for k, v in row.items()} for row in csv.DictReader(handle)]
+
+
+def epoch_seconds_after_first(history: list[dict]) -> list[float]:
+    """Epoch times without the first epoch (which includes compilation), or the first alone."""
+    return [row["epoch_seconds"] for row in history[1:]] or [history[0]["epoch_seconds"]]
+
+
 def write_results(results_dir: Path, stem: str, result: dict, markdown: Callable[[dict], str],
                   histories: dict[str, list[dict]], curves_name: str, title: str) -> None:
     """results_dir/{stem}.json and {stem}.md, and the histories' loss curves in curves_name."""

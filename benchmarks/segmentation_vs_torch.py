@@ -28,7 +28,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from benchmarks.report import machine_facts, machine_line, writable, write_results
+from benchmarks.report import (epoch_seconds_after_first, machine_facts, machine_line, read_history, writable,
+                               write_results)
 from benchmarks.seed_stats import compare, comparison_lines
 from benchmarks.torch_device import CHOICES, check_torch_device
 from experiments._cli import positive_int
@@ -50,8 +51,6 @@ def one_seed(config, *, torch_device="auto", torch_threads: int | None = None,
              run_torch: bool = True) -> tuple[dict, dict | None]:
     """(JAX result, PyTorch result or None) of one config (its seed decides the split, the
     initialisation and the batches of both): test metrics, best epoch, history, wall time."""
-    import pandas as pd
-
     from molml_jax.pipelines import segmentation as seg
 
     data = seg.load_data(config)
@@ -59,7 +58,7 @@ def one_seed(config, *, torch_device="auto", torch_threads: int | None = None,
         began = time.perf_counter()
         summary = seg.train_and_evaluate(dataclasses.replace(config, out=str(Path(tmp) / "jax")), progress=False)
         jax_wall = time.perf_counter() - began
-        history = pd.read_csv(Path(tmp) / "jax" / "history.csv").to_dict("records")
+        history = read_history(Path(tmp) / "jax" / "history.csv")
     info = {"data": _shown(data.source), "n_train": len(data.split["train"]), "n_val": len(data.split["val"]),
             "n_test": len(data.split["test"]), "image_shape": list(data.images.shape[1:])}
     jax_result = {"seed": config.seed, "wall_seconds": jax_wall, "compile_seconds": summary["compile_seconds"],
@@ -79,10 +78,6 @@ def one_seed(config, *, torch_device="auto", torch_threads: int | None = None,
     return jax_result, torch_result
 
 
-def _after_first(history):
-    return [r["epoch_seconds"] for r in history[1:]] or [history[0]["epoch_seconds"]]
-
-
 def run(epochs: int, seeds: list[int], devices: int, torch_threads: int | None, results_dir: Path,
         torch_device: str = "auto") -> dict:
     import numpy as np
@@ -93,8 +88,8 @@ def run(epochs: int, seeds: list[int], devices: int, torch_threads: int | None, 
     runs = [one_seed(seg.Config(epochs=epochs, seed=seed, devices=devices), torch_device=torch_device,
                      torch_threads=torch_threads) for seed in seeds]
     jax_runs, torch_runs = [r[0] for r in runs], [r[1] for r in runs]
-    jax_times = [t for r in jax_runs for t in _after_first(r["history"])]
-    torch_times = [t for r in torch_runs for t in _after_first(r["history"])]
+    jax_times = [t for r in jax_runs for t in epoch_seconds_after_first(r["history"])]
+    torch_times = [t for r in torch_runs for t in epoch_seconds_after_first(r["history"])]
     jax_epoch, torch_epoch = statistics.median(jax_times), statistics.median(torch_times)
     mean = lambda rs, k: float(np.mean([r[k] for r in rs]))
     first = jax_runs[0]

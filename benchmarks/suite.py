@@ -29,7 +29,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from benchmarks.report import machine_facts, writable
+from benchmarks.report import epoch_seconds_after_first, machine_facts, machine_line, writable
 from benchmarks.torch_device import CHOICES, torch_unavailable_reason
 from experiments._cli import positive_int
 from molml_jax.process import prepare_process
@@ -82,14 +82,10 @@ def torch_plan(requested: str, backend: str) -> tuple[str | None, str | None]:
     return None, f"PyTorch has no {backend} device here (JAX runs on the {backend})"
 
 
-def _after_first(history) -> list[float]:
-    return [r["epoch_seconds"] for r in history[1:]] or [history[0]["epoch_seconds"]]
-
-
 def _framework(runs: list[dict], device: str, *, per_epoch_divisor: int = 1, compile_seconds=None,
                wall_seconds=None) -> dict:
     """A framework's column: metric per seed, median seconds per epoch (after each run's first)."""
-    times = [t / per_epoch_divisor for r in runs for t in _after_first(r["history"])]
+    times = [t / per_epoch_divisor for r in runs for t in epoch_seconds_after_first(r["history"])]
     return {"values": [r["value"] for r in runs], "median_epoch_seconds": statistics.median(times),
             "compile_seconds": compile_seconds, "device": device,
             "wall_seconds": wall_seconds if wall_seconds is not None else sum(r["wall_seconds"] for r in runs),
@@ -114,7 +110,7 @@ def dna_case(size: dict, seeds: list[int], torch_device: str | None, torch_reaso
                        progress=say.enabled, torch_skip_reason=torch_reason)
     j, t = result["jax"], result["torch"]
     first = j["runs"][0]["history"]
-    compile_seconds = first[0]["epoch_seconds"] - statistics.median(_after_first(first)) if len(first) > 1 else None
+    compile_seconds = first[0]["epoch_seconds"] - statistics.median(epoch_seconds_after_first(first)) if len(first) > 1 else None
     jax_runs = [{"seed": r["seed"], "value": r["test_auc"], "history": r["history"]} for r in j["runs"]]
     case = {"jax": _framework(jax_runs, _jax_device(), compile_seconds=compile_seconds, wall_seconds=j["wall_seconds"],
                               per_epoch_divisor=len(seeds) if j["parallel"] == "vmap" else 1),
@@ -261,7 +257,6 @@ def _cell(values: list[float]) -> str:
 
 def markdown(report: dict) -> str:
     m = report["machine"]
-    device = m["device_kind"] + (f", {m['device_memory_gib']} GiB" if m.get("device_memory_gib") else "")
     lines = [f"# molml-jax benchmark suite ({report['mode']}, {report['seeds']} seed(s))", "",
              f"`{report['command']}` ({report['wall_seconds']:.0f} s)", "",
              "| pipeline | metric | JAX | PyTorch | epoch s JAX | epoch s PyTorch | PyTorch / JAX | JAX compile s "
@@ -296,12 +291,8 @@ def markdown(report: dict) -> str:
                   "| goal | measured | met |", "|---|---|---|"]
         lines += [f"| {g['goal']} | {g['value']:.2f} {g['unit']} | {'yes' if g['met'] else 'no'} |"
                   for g in report["gpu_goals"]]
-    lines += ["", *notes, "", f"Settings: {settings}.", "", "## Machine", "",
-              f"- device: {m['backend']} ({device}), {m['jax_devices']} JAX device(s)",
-              f"- jax {m['jax_version']}, jaxlib {m.get('jaxlib_version')}, torch {m.get('torch_version') or 'not installed'}"
-              + "".join(f", {label} {m[k]}" for k, label in (("torch_cuda", "CUDA"), ("cudnn", "cuDNN"),
-                                                             ("gpu_driver", "driver")) if m.get(k)),
-              f"- CPU: {m['cpu']}, {m['cpu_count']} cores; Python {m['python']}; {m['platform']}", ""]
+    lines += ["", *notes, "", f"Settings: {settings}.", "", "## Machine", "", machine_line(m),
+              f"{m['jax_devices']} JAX device(s); {m['platform']}.", ""]
     lines += [f"![{name}]({name}_loss_curves.png)" for name in report["cases"]]
     if report["seeds"] > 1:
         lines += [f"![{name} bands]({name}_bands.png)" for name in report["cases"]]

@@ -23,7 +23,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from benchmarks.report import machine_facts, machine_line, writable, write_results
+from benchmarks.report import (epoch_seconds_after_first, machine_facts, machine_line, read_history, writable,
+                               write_results)
 from benchmarks.torch_device import CHOICES, check_torch_device
 from experiments._cli import positive_int
 from molml_jax.process import prepare_process
@@ -31,24 +32,18 @@ from molml_jax.process import prepare_process
 RESULTS = Path(__file__).resolve().parent / "results"
 
 
-def _after_first(history):
-    return [r["epoch_seconds"] for r in history[1:]] or [history[0]["epoch_seconds"]]
-
-
 def one_seed(config, data, *, torch_device="auto", torch_threads: int | None = None,
              run_torch: bool = True) -> tuple[dict, dict | None]:
     """One JAX run of `config` (run folder in a temp dir) and the PyTorch reference on the same
     windows and split (data = tf.load_data(config)): per framework {'summary' / result,
     'history', 'wall_seconds'} (None for PyTorch unless run_torch)."""
-    import pandas as pd
-
     from molml_jax.pipelines import tf_binding as tf
 
     with tempfile.TemporaryDirectory(prefix="tf_vs_torch_") as tmp:
         began = time.perf_counter()
         summary = tf.train_and_evaluate(dataclasses.replace(config, out=str(Path(tmp) / "jax")), progress=False)
         jax_run = {"summary": summary, "wall_seconds": time.perf_counter() - began,
-                   "history": pd.read_csv(Path(tmp) / "jax" / "history.csv").to_dict("records")}
+                   "history": read_history(Path(tmp) / "jax" / "history.csv")}
     if not run_torch:
         return jax_run, None
     from benchmarks.torch_tf_binding import run_torch_reference
@@ -70,8 +65,8 @@ def run(epochs: int, windows: int, lr: float, seed: int, devices: int, torch_thr
     jax_times, torch_times = [], []
     for repeat in range(repeats):
         jax_run, torch_run = one_seed(config, data, torch_device=torch_device, torch_threads=torch_threads)
-        jax_times += _after_first(jax_run["history"])
-        torch_times += _after_first(torch_run["history"])
+        jax_times += epoch_seconds_after_first(jax_run["history"])
+        torch_times += epoch_seconds_after_first(torch_run["history"])
         if repeat == 0:
             summary, jax_history, jax_wall = jax_run["summary"], jax_run["history"], jax_run["wall_seconds"]
             reference, torch_wall = torch_run, torch_run["wall_seconds"]

@@ -194,8 +194,7 @@ def train_and_evaluate(pipeline: types.ModuleType, config, *, progress: bool = T
     on_devices = {"best": engine.replicate(best_state), "last": engine.replicate(result.state)}
     for part in [p for p in ("val", "test") if p in data.split]:
         for which, replicated in on_devices.items():
-            metrics, outputs = engine.evaluate(replicated, splits[part], return_outputs=True)
-            metrics.update(hooks.split_metrics(data, part, outputs))
+            ((metrics, outputs),) = _evaluate_split(engine, replicated, splits[part], hooks, data, part)
             prefix = {("best", "val"): "best_val", ("best", "test"): "test"}.get((which, part), f"last_{part}")
             summary.update({f"{prefix}_{k}": v for k, v in metrics.items()})
             if which == "best":
@@ -254,22 +253,27 @@ def sweep(pipeline: types.ModuleType, config, lrs: Sequence[float], *, seeds: in
 
 def _last_epoch_metrics(hooks: Hooks, data, trained: sweeps.SweepRun) -> list[dict]:
     """Per configuration, last_val_<m> and last_test_<m> (where the data has a test split)
-    of its final state: the test numbers a sweep over seeds compares. Evaluated by the
-    engine that trained them (its compiled eval step; all K at once when vmapped)."""
-    engine, states = trained.engine, trained.states
-    groups = [engine.stack(states)] if engine.configs else states
-    records: list[dict] = [{} for _ in states]
+    of its final state: the test numbers a sweep over seeds compares. Evaluated on the
+    devices by the engine that trained them (all K at once when vmapped)."""
+    engine = trained.engine
+    records: list[dict] = []
     for part in [p for p in ("val", "test") if p in data.split]:
-        arrays = engine.put(data.arrays(part))
-        for g, group in enumerate(groups):
-            metrics, outputs = engine.evaluate(engine.replicate(group), arrays, return_outputs=True)
-            for k in range(len(states) if engine.configs else 1):
-                i = k if engine.configs else g
-                pick = (lambda v: float(np.asarray(v)[k])) if engine.configs else float
-                record = {name: pick(v) for name, v in metrics.items()}
-                record.update(hooks.split_metrics(data, part, outputs[k] if engine.configs else outputs))
-                records[i].update({f"last_{part}_{name}": v for name, v in record.items()})
+        arrays = engine.put(data.arrays(part))  # once per split, for every final state
+        results = [r for final in trained.finals for r in _evaluate_split(engine, final, arrays, hooks, data, part)]
+        records = records or [{} for _ in results]
+        for record, (metrics, _) in zip(records, results):
+            record.update({f"last_{part}_{k}": v for k, v in metrics.items()})
     return records
+
+
+def _evaluate_split(engine: Engine, replicated, arrays, hooks: Hooks, data, part: str) -> list[tuple[dict, np.ndarray]]:
+    """[(metrics, outputs)] per configuration (one unless the engine stacks K): the engine's
+    means plus the pipeline's host metrics (e.g. AUC) of that configuration's outputs."""
+    metrics, outputs = engine.evaluate(replicated, arrays, return_outputs=True)
+    if engine.configs is None:
+        return [({**metrics, **hooks.split_metrics(data, part, outputs)}, outputs)]
+    return [({**{k: float(np.asarray(v)[i]) for k, v in metrics.items()},
+              **hooks.split_metrics(data, part, outputs[i])}, outputs[i]) for i in range(engine.configs)]
 
 
 def load_run(pipeline: types.ModuleType, run_dir, checkpoint: str = "best"):

@@ -202,8 +202,7 @@ class Engine:
         if self.configs is None:
             return self._train_step(state, batch)
         new, sums = jax.vmap(self._train_step, in_axes=(0, None))(state, batch)
-        keep = lambda n, o: jnp.where(active.reshape((-1,) + (1,) * (n.ndim - 1)), n, o)
-        return jax.tree.map(keep, new, state), sums
+        return where_configs(active, new, state), sums
 
     def _scan_epoch(self, state, data, key_data, active):
         n = next(iter(data.values())).shape[0]
@@ -276,6 +275,17 @@ class Engine:
         return metrics, stacked[:, : data.n]
 
 
+def where_configs(take_new, new, old, *, axis: int = 0):
+    """Per configuration, `new` where take_new else `old`, leaf by leaf. take_new: () for
+    one configuration, (K,) for K stacked on `axis` of every leaf (1 on a replicated state,
+    whose axis 0 is the devices)."""
+    take_new = jnp.asarray(take_new)
+    if take_new.ndim == 0:
+        return jax.tree.map(lambda n, o: jnp.where(take_new, n, o), new, old)
+    shape = lambda leaf: (1,) * axis + (-1,) + (1,) * (leaf.ndim - axis - 1)
+    return jax.tree.map(lambda n, o: jnp.where(take_new.reshape(shape(n)), n, o), new, old)
+
+
 def _unless_non_finite(new: TrainState, old: TrainState, sums: dict, *, stacked: bool) -> tuple[TrainState, dict]:
     """(state, sums) of an epoch: `new`, except for configurations whose loss sum or
     parameters are not finite, which keep `old` (their state before the epoch) and report a
@@ -286,9 +296,7 @@ def _unless_non_finite(new: TrainState, old: TrainState, sums: dict, *, stacked:
         return jnp.stack(per_leaf).all(0)
 
     ok = jnp.isfinite(sums["loss"]) & finite(new.params)
-    pick = (lambda n, o: jnp.where(ok.reshape((-1,) + (1,) * (n.ndim - 1)), n, o)) if stacked else \
-        (lambda n, o: jnp.where(ok, n, o))
-    return jax.tree.map(pick, new, old), {**sums, "loss": jnp.where(ok, sums["loss"], jnp.nan)}
+    return where_configs(ok, new, old), {**sums, "loss": jnp.where(ok, sums["loss"], jnp.nan)}
 
 
 def _means(sums: Any, summarize=None) -> dict:

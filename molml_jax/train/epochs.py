@@ -10,11 +10,9 @@ import math
 import time
 from typing import Iterator
 
-import jax
-import jax.numpy as jnp
 import numpy as np
 
-from molml_jax.train.engine import DeviceData, Engine
+from molml_jax.train.engine import DeviceData, Engine, where_configs
 from molml_jax.train.plateau import PlateauConfig, PlateauState, plateau_update
 from molml_jax.train.state import TrainState, learning_rate, with_learning_rate
 
@@ -153,6 +151,4 @@ def _keep_last_good(candidate: TrainState, previous: TrainState, diverged: np.nd
         return candidate
     if not stacked:
         return previous
-    mask = jnp.asarray(diverged)
-    keep = lambda new, old: jnp.where(mask.reshape((1, -1) + (1,) * (new.ndim - 2)), old, new)
-    return jax.tree.map(keep, candidate, previous)
+    return where_configs(~diverged, candidate, previous, axis=1)  # replicated: (devices, K, ...)

@@ -62,8 +62,10 @@ class SweepRun:
     histories: list[list[dict]]  # per configuration, one row per epoch it trained
     wall_seconds: float
     parallel: str
-    states: list[TrainState]  # per configuration, its state after its last epoch (host numpy)
-    engine: Engine  # the engine that trained them (configs=K when vmapped), to evaluate them
+    # the states after the last epoch, still on the devices of `engine` (which trained them):
+    # one stacked over the K configurations when vmapped, else one per configuration
+    finals: list[TrainState]
+    engine: Engine
 
 
 def train_configurations(make_engine: Callable[[int | None], Engine], init_state: Callable[[int], TrainState],
@@ -81,7 +83,7 @@ def train_configurations(make_engine: Callable[[int | None], Engine], init_state
         engine = make_engine(len(runs))
         histories, last = _train(engine, engine.stack(states), [r.lr for r in runs], engine.put(train),
                                  engine.put(val), config, order_rng, progress, f"sweep x{len(runs)} (vmap)")
-        finals = [jax.tree.map(lambda x, k=k: x[k], last) for k in range(len(runs))]
+        finals = [last]
     else:
         engine = make_engine(None)
         train_d, val_d = engine.put(train), engine.put(val)
@@ -94,7 +96,7 @@ def train_configurations(make_engine: Callable[[int | None], Engine], init_state
 
 
 def _train(engine, host_state, lrs, train, val, config, order_rng, progress, label):
-    """(per-run histories, the host state after the last epoch: stacked when engine.configs)."""
+    """(per-run histories, the replicated state after the last epoch: stacked when engine.configs)."""
     tracker = Tracker.start(lrs, config.plateau)
     histories: list[list[dict]] = [[] for _ in lrs]
     state = engine.replicate(host_state)
@@ -105,7 +107,7 @@ def _train(engine, host_state, lrs, train, val, config, order_rng, progress, lab
                     history.append(row)
             state = result.state
             bar.update(1)
-    return histories, engine.unreplicate(state)
+    return histories, state
 
 
 def summarize(runs: Sequence[Configuration], histories: Sequence[list[dict]],
