@@ -210,3 +210,41 @@ def test_scan_epoch_donates_the_state_and_a_non_finite_epoch_keeps_the_state_it_
         np.testing.assert_array_equal(after[1], before[1])  # the diverged one: exactly its entry state
     assert int(out.step[0]) == 3 and int(out.step[1]) == 0
     assert all(np.isfinite(leaf[0]).all() for leaf in jax.tree.leaves(out.params))
+
+
+class _Reader:
+    """A split read on the host, example by example, counting what it was asked for."""
+
+    def __init__(self, arrays):
+        self.arrays, self.n, self.reads = arrays, len(next(iter(arrays.values()))), 0
+
+    def read(self, indices):
+        self.reads += len(indices)
+        return {k: v[indices] for k, v in self.arrays.items()}
+
+
+@pytest.mark.parametrize("devices", [1, 2])
+def test_streamed_split_trains_and_evaluates_as_the_split_on_the_devices(devices):
+    data = _data(n=50)
+    in_memory, l1 = _train(*_engine("loop", devices=devices), data, epochs=2)
+    engine, state = _engine("loop", devices=devices)
+    reader = _Reader(data)
+    train = engine.stream(reader)
+    replicated, losses = engine.replicate(state), []
+    for epoch in (1, 2):
+        replicated, metrics = engine.train_epoch(replicated, train, epoch)
+        losses.append(metrics["loss"])
+    assert reader.reads == 2 * 64  # two epochs of two batches of 32 (padding read, weighted 0)
+    np.testing.assert_allclose(losses, l1, rtol=1e-6)
+    for x, y in zip(jax.tree.leaves(in_memory.params), jax.tree.leaves(engine.unreplicate(replicated).params)):
+        np.testing.assert_allclose(x, y, atol=1e-6)
+    streamed = engine.evaluate(replicated, train, return_outputs=True)
+    on_devices = engine.evaluate(replicated, engine.put(data), return_outputs=True)
+    assert streamed[0] == pytest.approx(on_devices[0], rel=1e-6)
+    np.testing.assert_allclose(streamed[1], on_devices[1], atol=1e-6)
+
+
+def test_scan_driver_cannot_stream():
+    engine, _ = _engine("scan")
+    with pytest.raises(ValueError, match="cannot stream"):
+        engine.stream(_Reader(_data()))

@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import platform
+import sys
 import types
 import typing
 from pathlib import Path
@@ -31,7 +32,10 @@ from molml_jax.train import sweep as sweeps
 # path-valued settings recorded as absolute paths (None: the pipeline's bundled default)
 PATH_FIELDS = ("data", "sequences", "scores")
 # settings a resumed run may change (every other setting must match the stored run)
-RESUMABLE = ("epochs", "devices", "driver", "checkpoint_every", "out", "early_stopping_patience")
+RESUMABLE = ("epochs", "devices", "driver", "checkpoint_every", "out", "early_stopping_patience", "stream")
+# a split streams (stream=None) when the splits would take more than this share of one
+# device's memory (on CPU: of the host memory available, shared by the forced devices)
+STREAM_BUDGET = 0.5
 
 
 # ----- settings ---------------------------------------------------------------------------
@@ -132,12 +136,57 @@ def _setup(pipeline: types.ModuleType, config):
     return model, task, tx
 
 
-def _engine(task, tx, config, configs=None) -> Engine:
+def _engine(task, tx, config, configs=None, *, stream: bool = False) -> Engine:
+    driver = config.driver
+    if stream and driver == "scan":
+        raise InputError("--stream: the scan driver keeps a whole epoch's data on the devices and cannot "
+                         "stream; use --driver loop (or auto)")
     try:
-        return Engine(task, tx, batch_size=config.batch_size, devices=config.devices, driver=config.driver,
-                      configs=configs)
+        return Engine(task, tx, batch_size=config.batch_size, devices=config.devices,
+                      driver="loop" if stream else driver, configs=configs)
     except ValueError as err:
         raise InputError(str(err)) from None
+
+
+def device_memory() -> tuple[int, str]:
+    """(bytes, what they are) of the memory one local device can hold data in: the
+    accelerator's limit, or on CPU the host memory available now shared by its devices."""
+    device = jax.local_devices()[0]
+    stats = device.memory_stats() if device.platform != "cpu" else None
+    if stats and stats.get("bytes_limit"):
+        return int(stats["bytes_limit"]), f"{device.device_kind} memory"
+    import psutil
+
+    return int(psutil.virtual_memory().available) // jax.local_device_count(), "host memory available per CPU device"
+
+
+def split_bytes(data) -> dict[str, int]:
+    """Bytes each split takes as the arrays the engine would copy to every device
+    (from one example read from it, times the examples)."""
+    sizes = {}
+    for part in data.split:
+        reader = _TMP_reader(data, part)
+        one = reader.read(np.zeros(1, np.int64))
+        sizes[part] = reader.n * sum(np.asarray(v).nbytes for v in one.values())
+    return sizes
+
+
+def choose_streaming(stream: bool | None, data, *, say: Callable[[str], None] | None = None) -> bool:
+    """Whether to stream the splits: stream=True/False as asked; None: when the splits'
+    bytes exceed STREAM_BUDGET of device_memory(). Says the choice (one line) through `say`."""
+    sizes = split_bytes(data)
+    total = sum(sizes.values())
+    gb = lambda b: f"{b / 1e9:.2f} GB"
+    if stream is None:
+        memory, what = device_memory()
+        stream = total > STREAM_BUDGET * memory
+        why = (f"{gb(total)} of splits {'exceed' if stream else 'fit in'} {STREAM_BUDGET:.0%} of "
+               f"{gb(memory)} {what}")
+    else:
+        why = f"{gb(total)} of splits, --{'stream' if stream else 'no-stream'}"
+    if say is not None:
+        say(f"data: {why}: " + ("streaming batches from the host" if stream else "kept on the devices"))
+    return stream
 
 
 def run_facts(result, engine: Engine) -> dict:
@@ -150,6 +199,7 @@ def run_facts(result, engine: Engine) -> dict:
         "compile_seconds": result.compile_seconds,
         "median_epoch_seconds": result.median_epoch_seconds,
         "devices": engine.n_devices,
+        "processes": jax.process_count(),
         "driver": engine.driver,
         "backend": jax.default_backend(),
         "device_kind": jax.devices()[0].device_kind,
@@ -174,16 +224,20 @@ def train_and_evaluate(pipeline: types.ModuleType, config, *, progress: bool = T
     data = pipeline.load_data(config)  # bad input fails here, before anything is written
     config = hooks.resolve(config, data)
     check_resumable(run_dir, config, hooks.name)
+    primary = jax.process_index() == 0  # the one process that writes the run folder's files
+    streaming = choose_streaming(config.stream, data, say=_say if progress and primary else None)
     model, task, tx = _setup(pipeline, config)
-    engine = _engine(task, tx, config)
+    engine = _engine(task, tx, config, stream=streaming)
     run_dir.mkdir(parents=True, exist_ok=True)
-    write_json(run_dir / "config.json", {**config_record(config, hooks.name), "data_source": data.source})
+    if primary:
+        write_json(run_dir / "config.json", {**config_record(config, hooks.name), "data_source": data.source})
 
     state = create_train_state(model, tx, hooks.example_inputs(config), config.seed)
     if initial_params is not None:
         params = jax.tree.map(lambda new, old: np.asarray(new, old.dtype), initial_params, state.params)
         state = state.replace(params=params, opt_state=tx.init(params))
-    splits = {part: engine.put(data.arrays(part)) for part in data.split}
+    splits = {part: engine.stream(_TMP_reader(data, part)) if streaming else engine.put(data.arrays(part))
+              for part in data.split}
     fit_config = FitConfig(epochs=config.epochs, plateau=hooks.plateau(config),
                            early_stopping_patience=config.early_stopping_patience,
                            checkpoint_every=config.checkpoint_every, progress=progress)
@@ -202,6 +256,9 @@ def train_and_evaluate(pipeline: types.ModuleType, config, *, progress: bool = T
     summary.update(run_facts(result, engine))
     summary.update({f"n_{part}": int(len(index)) for part, index in data.split.items()})
     summary["data"] = data.source
+    summary["streamed"] = streaming
+    if not primary:
+        return summary
     write_json(run_dir / "summary.json", summary)
     headline = next(k for k in summary if k.startswith("test_") and k != "test_loss") if "test" in data.split \
         else next(k for k in summary if k.startswith("best_val_") and k != "best_val_loss")
@@ -225,6 +282,8 @@ def sweep(pipeline: types.ModuleType, config, lrs: Sequence[float], *, seeds: in
     """
     hooks: Hooks = pipeline.HOOKS
     runs = sweeps.configurations(lrs, seeds, config.seed)
+    if config.stream:
+        raise InputError("sweep: --stream trains one run at a time (train); a sweep keeps its splits on the devices")
     if wandb:
         sweeps.wandb_module()  # fails before training, not after it
     data = pipeline.load_data(config)
@@ -249,6 +308,10 @@ def sweep(pipeline: types.ModuleType, config, lrs: Sequence[float], *, seeds: in
     if wandb:
         sweeps.log_wandb(out, f"molml-jax-{hooks.name.replace('_', '-')}", record, runs, trained.histories, rows)
     return result
+
+
+def _say(line: str) -> None:
+    print(line, file=sys.stderr, flush=True)
 
 
 def _last_epoch_metrics(hooks: Hooks, data, trained: sweeps.SweepRun) -> list[dict]:
@@ -337,3 +400,15 @@ def apply_in_batches(model, variables, inputs: Sequence[np.ndarray | None], *, b
             chunk = [None if c is None else np.concatenate([c, np.repeat(c[-1:], size - real, axis=0)]) for c in chunk]
         outputs.append(np.asarray(apply(variables, *chunk))[:real])
     return np.concatenate(outputs)
+
+
+class _TMP_ArrayReader:  # TMP until the datasets branch lands
+    def __init__(self, arrays):
+        self.arrays, self.n = arrays, len(next(iter(arrays.values())))
+
+    def read(self, indices):
+        return {k: v[indices] for k, v in self.arrays.items()}
+
+
+def _TMP_reader(data, part):
+    return data.reader(part) if hasattr(data, "reader") else _TMP_ArrayReader(data.arrays(part))

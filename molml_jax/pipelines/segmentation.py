@@ -62,6 +62,7 @@ class Config:
     early_stopping_patience: int | None = setting(None, "stop after this many epochs without a lower validation loss; none: never", positive=True)
     devices: int = setting(1, "data-parallel devices (on CPU: forced host devices, one per core)", positive=True)
     driver: str = setting("auto", "epoch driver; auto: the one measured faster on this backend", choices=("auto", "scan", "loop"))
+    stream: bool | None = setting(None, "read batches from the host (grain) instead of keeping the splits on the devices; none: when they exceed half a device's memory")
     checkpoint_every: int = setting(1, "save the resumable `latest` checkpoint every N epochs (and at the end)", positive=True)
     out: str = setting("runs/segmentation", "run folder; a run already there is resumed")
 

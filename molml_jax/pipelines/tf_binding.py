@@ -63,6 +63,7 @@ class Config:
     seed: int = setting(0, "seed of the split, the initial weights, dropout and the batch order")
     devices: int = setting(1, "data-parallel devices (on CPU: forced host devices, one per core)", positive=True)
     driver: str = setting("auto", "epoch driver; auto: the one measured faster on this backend", choices=("auto", "scan", "loop"))
+    stream: bool | None = setting(None, "read batches from the host (grain) instead of keeping the splits on the devices; none: when they exceed half a device's memory")
     checkpoint_every: int = setting(1, "save the resumable `latest` checkpoint every N epochs (and at the end)", positive=True)
     out: str = setting("runs/tf_binding", "run folder; a run already there is resumed")
 

@@ -3,6 +3,8 @@
 Each holds the whole train state as one host copy (numpy, no device axis), so a run saved
 on two devices restores on one, plus a JSON `meta` record (epoch, history, tracker state,
 model description). Saves are asynchronous: the write overlaps the next epoch. Never pickle.
+With several processes (jax.distributed) every process calls save and restore; orbax has
+process 0 write the host arrays and synchronises the others.
 """
 
 from __future__ import annotations
@@ -26,8 +28,12 @@ class Checkpoints:
         self.directory = Path(directory).resolve()
         if not create and not self.directory.is_dir():
             raise InputError(f"{self.directory}: no checkpoints folder (is this a run folder?)")
-        options = ocp.CheckpointManagerOptions(max_to_keep=1, create=True)
-        self._managers = {kind: ocp.CheckpointManager(self.directory / kind, options=options) for kind in KINDS}
+        # one barrier namespace per kind: with several processes, orbax names its barriers by
+        # step, and `best` and `latest` saved at the same epoch would otherwise share them
+        options = lambda kind: ocp.CheckpointManagerOptions(
+            max_to_keep=1, create=True,
+            multiprocessing_options=ocp.options.MultiprocessingOptions(barrier_sync_key_prefix=kind))
+        self._managers = {kind: ocp.CheckpointManager(self.directory / kind, options=options(kind)) for kind in KINDS}
 
     def epoch(self, kind: str) -> int | None:
         """The epoch of the checkpoint of this kind, or None."""

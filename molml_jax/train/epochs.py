@@ -12,9 +12,9 @@ from typing import Iterator
 
 import numpy as np
 
-from molml_jax.train.engine import DeviceData, Engine, where_configs
+from molml_jax.train.engine import DeviceData, Engine, HostData, first_local, where_configs
 from molml_jax.train.plateau import PlateauConfig, PlateauState, plateau_update
-from molml_jax.train.state import TrainState, learning_rate, with_learning_rate
+from molml_jax.train.state import TrainState, learning_rate
 
 
 @dataclasses.dataclass(frozen=True)
@@ -106,7 +106,8 @@ class EpochResult:
     seconds: float
 
 
-def run_epochs(engine: Engine, state: TrainState, train: DeviceData, val: DeviceData, config: LoopConfig,
+def run_epochs(engine: Engine, state: TrainState, train: DeviceData | HostData, val: DeviceData | HostData,
+               config: LoopConfig,
                tracker: Tracker, *, start: int = 0, order_rng=None) -> Iterator[EpochResult]:
     """Train epochs start+1 .. config.epochs of a replicated state (stacked over K
     configurations when engine.configs), yielding after each one. Stops when no run is active.
@@ -119,7 +120,7 @@ def run_epochs(engine: Engine, state: TrainState, train: DeviceData, val: Device
         active = tracker.active
         if not active.any():
             return
-        lrs = np.asarray(learning_rate(state.opt_state))[0]  # (K,) or ()
+        lrs = first_local(learning_rate(state.opt_state))  # (K,) or ()
         began = time.perf_counter()
         candidate, train_metrics = engine.train_epoch(state, train, epoch, order_rng=order_rng,
                                                       active=active if stacked else None)
@@ -131,7 +132,7 @@ def run_epochs(engine: Engine, state: TrainState, train: DeviceData, val: Device
         state = candidate if engine.donates_state else _keep_last_good(candidate, state, diverged, stacked)
         # compared in the state's float32: a float64 schedule value is not a change of rate
         if tracker.plateau is not None and np.any(tracker.plateau.lr.astype(lrs.dtype) != np.atleast_1d(lrs)):
-            state = with_learning_rate(state, tracker.plateau.lr if stacked else float(tracker.plateau.lr[0]))
+            state = engine.with_learning_rate(state, tracker.plateau.lr if stacked else float(tracker.plateau.lr[0]))
         rows = []
         for j in range(len(active)):
             if not active[j]:

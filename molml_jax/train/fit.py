@@ -7,6 +7,8 @@ import dataclasses
 import statistics
 from pathlib import Path
 
+import jax
+
 from molml_jax.errors import InputError, TrainingDiverged
 from molml_jax.progress import progress_bar
 from molml_jax.train.checkpoint import Checkpoints
@@ -53,6 +55,8 @@ def fit(engine: Engine, state: TrainState, train: DeviceData, val: DeviceData, c
     another model is refused clearly. Writes run_dir/history.csv every epoch.
     """
     run_dir = Path(run_dir)
+    # every process saves and restores checkpoints (orbax coordinates them); one writes files
+    primary = jax.process_index() == 0
     checkpoints = Checkpoints(run_dir / "checkpoints")
     history: list[dict] = []
     tracker = Tracker.start(float(learning_rate(state.opt_state)), config.plateau)
@@ -63,7 +67,8 @@ def fit(engine: Engine, state: TrainState, train: DeviceData, val: DeviceData, c
             raise InputError(f"{run_dir}: its checkpoint was written by an older molml-jax and cannot be "
                              f"resumed; use another --out")
         history, tracker = stored["history"], Tracker.from_json(stored["tracker"])
-        write_history(run_dir / "history.csv", history)
+        if primary:
+            write_history(run_dir / "history.csv", history)
 
     def save(kind: str, epoch: int, host_state, *, before_divergence: bool = False) -> None:
         record = tracker.to_json()
@@ -76,7 +81,7 @@ def fit(engine: Engine, state: TrainState, train: DeviceData, val: DeviceData, c
     replicated = engine.replicate(state)
     first_seconds = None
     bar = progress_bar(total=config.epochs, initial=start or 0, desc=run_dir.name, unit="epoch",
-                       disable=not config.progress, dynamic_ncols=True)
+                       disable=not (config.progress and primary), dynamic_ncols=True)
     try:
         for result in run_epochs(engine, replicated, train, val, config, tracker, start=start or 0):
             epoch, row = result.epoch, result.rows[0]
@@ -100,7 +105,8 @@ def fit(engine: Engine, state: TrainState, train: DeviceData, val: DeviceData, c
                 save("best", epoch, host)
             if last or epoch % config.checkpoint_every == 0:
                 save("latest", epoch, host if host is not None else engine.unreplicate(replicated))
-            write_history(run_dir / "history.csv", history)
+            if primary:
+                write_history(run_dir / "history.csv", history)
             bar.set_postfix(train=f"{row['train_loss']:.4f}", val=f"{row['val_loss']:.4f}", lr=f"{row['lr']:.2g}")
             bar.update(1)
     finally:
