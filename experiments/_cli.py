@@ -3,7 +3,7 @@ generated from the pipeline's Config (names, types, defaults and help in one pla
 `--config RUN/config.json` rerun, verbs without abbreviations, one-line errors.
 
 JAX may be imported while the parser is built, but no device is touched before
-`prepare_process(--devices)` has run.
+`prepare_process(--devices, distributed=...)` has run.
 """
 
 from __future__ import annotations
@@ -133,8 +133,32 @@ def add_train_command(sub, pipeline: types.ModuleType) -> argparse.ArgumentParse
                      help="start from a stored run's settings (flags given here override them)")
     cmd.add_argument("--quiet", action="store_true", help="no progress bar")
     add_config_flags(cmd, pipeline.Config)
+    add_distributed_flags(cmd)
     cmd.set_defaults(pipeline=pipeline.HOOKS.name)
     return cmd
+
+
+def add_distributed_flags(cmd: argparse.ArgumentParser) -> None:
+    """--coordinator / --num-processes / --process-id: process settings, not Config
+    fields, so they never reach config.json (a run trained on several processes resumes
+    and predicts in one)."""
+    group = cmd.add_argument_group(
+        "multi-process (all three, or none: one process, or auto-detected under Slurm, Open MPI "
+        "and Cloud TPU; `python -m experiments.launch` sets them on one machine)")
+    group.add_argument("--coordinator", metavar="HOST:PORT",
+                       help="address of process 0's coordination service (process 0 listens there)")
+    group.add_argument("--num-processes", type=int, metavar="N", help="processes in the job")
+    group.add_argument("--process-id", type=int, metavar="I", help="this process, 0..N-1 (0 writes the run folder)")
+
+
+def distributed_of(args: argparse.Namespace):
+    """The DistributedSpec of a train/sweep command (None: one process; other commands
+    always run in one); InputError for incomplete or inconsistent flags. Touches no JAX."""
+    if args.command not in ("train", "sweep"):
+        return None
+    from molml_jax.distributed import spec_from_args
+
+    return spec_from_args(args.coordinator, args.num_processes, args.process_id)
 
 
 def sweep_defaults(pipeline: types.ModuleType) -> dict:
@@ -151,6 +175,7 @@ def add_sweep_command(sub, pipeline: types.ModuleType) -> argparse.ArgumentParse
     cmd.add_argument("--config", metavar="RUN/config.json", help="start from a stored run's settings")
     cmd.add_argument("--quiet", action="store_true", help="no progress bar")
     add_config_flags(cmd, pipeline.Config, defaults=sweep_defaults(pipeline))
+    add_distributed_flags(cmd)
     cmd.set_defaults(pipeline=pipeline.HOOKS.name)
     return cmd
 
@@ -180,17 +205,22 @@ def headline(summary: dict) -> dict:
 
 def run_training_command(pipeline: types.ModuleType, args: argparse.Namespace) -> bool:
     """train / sweep, shared by every pipeline. Returns False for other commands."""
+    from molml_jax.distributed import is_primary
+
+    # in a multi-process job only process 0 reports (and only it may have written the files)
     if args.command == "train":
         config = config_from_args(pipeline, args)
         summary = pipeline.train_and_evaluate(config, progress=not args.quiet)
-        print(json.dumps(headline(summary), indent=1))
-        print(f"run folder: {config.out}")
+        if is_primary():
+            print(json.dumps(headline(summary), indent=1))
+            print(f"run folder: {config.out}")
         return True
     if args.command == "sweep":
         config = config_from_args(pipeline, args, defaults=sweep_defaults(pipeline))
         pipeline.sweep(config, args.lrs, seeds=args.seeds, parallel=args.parallel, progress=not args.quiet,
                        wandb=args.wandb)
-        print((Path(config.out) / "sweep.md").read_text())
+        if is_primary():
+            print((Path(config.out) / "sweep.md").read_text())
         return True
     return False
 

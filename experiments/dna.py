@@ -34,13 +34,16 @@ def build_parser():
 
 def main(argv: list[str] | None = None) -> None:
     args = _cli.parse(build_parser(), argv)
+    from molml_jax.distributed import leave_at_once_on_error
+    from molml_jax.errors import exit_on_user_error
     from molml_jax.process import prepare_process
 
-    prepare_process(_cli.devices_of(args))
-    from molml_jax.errors import exit_on_user_error
+    with exit_on_user_error():  # bad multi-process flags, an unreachable coordinator: one line
+        prepare_process(_cli.devices_of(args), distributed=_cli.distributed_of(args))
     from molml_jax.pipelines import dna
 
-    with exit_on_user_error():
+    # a failing process of a multi-process job exits at once (its peers' launcher sees it)
+    with leave_at_once_on_error(), exit_on_user_error():
         if _cli.run_training_command(dna, args):
             return
         columns = {"seq_column": args.seq_column, "label_column": args.label_column}

@@ -14,6 +14,10 @@ fixed when the backend starts).
 from __future__ import annotations
 
 import os
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from molml_jax.distributed import DistributedSpec
 
 
 def use_cpu_devices(n: int) -> None:
@@ -55,8 +59,14 @@ def keep_freed_memory() -> bool:
                 mallopt(m_top_pad, 64 << 20), mallopt(m_arena_max, 1)])
 
 
-def prepare_process(devices: int = 1) -> None:
+def prepare_process(devices: int = 1, distributed: DistributedSpec | None = None) -> None:
     """What every launcher and benchmark does before JAX starts: `devices` forced CPU
-    devices (1: none forced) and glibc keeping freed memory (see keep_freed_memory)."""
+    devices per process (1: none forced), glibc keeping freed memory (see
+    keep_freed_memory) and, with a `distributed` spec, joining the multi-process job
+    (molml_jax.distributed.initialize; InputError if it cannot)."""
     use_cpu_devices(devices)
     keep_freed_memory()
+    if distributed is not None:
+        from molml_jax.distributed import initialize
+
+        initialize(distributed)  # after the device flags: the backend starts with them
