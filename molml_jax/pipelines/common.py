@@ -165,7 +165,7 @@ def split_bytes(data) -> dict[str, int]:
     (from one example read from it, times the examples)."""
     sizes = {}
     for part in data.split:
-        reader = _TMP_reader(data, part)
+        reader = data.reader(part)
         one = reader.read(np.zeros(1, np.int64))
         sizes[part] = reader.n * sum(np.asarray(v).nbytes for v in one.values())
     return sizes
@@ -236,7 +236,7 @@ def train_and_evaluate(pipeline: types.ModuleType, config, *, progress: bool = T
     if initial_params is not None:
         params = jax.tree.map(lambda new, old: np.asarray(new, old.dtype), initial_params, state.params)
         state = state.replace(params=params, opt_state=tx.init(params))
-    splits = {part: engine.stream(_TMP_reader(data, part)) if streaming else engine.put(data.arrays(part))
+    splits = {part: engine.stream(data.reader(part)) if streaming else engine.put(data.arrays(part))
               for part in data.split}
     fit_config = FitConfig(epochs=config.epochs, plateau=hooks.plateau(config),
                            early_stopping_patience=config.early_stopping_patience,
@@ -401,14 +401,3 @@ def apply_in_batches(model, variables, inputs: Sequence[np.ndarray | None], *, b
         outputs.append(np.asarray(apply(variables, *chunk))[:real])
     return np.concatenate(outputs)
 
-
-class _TMP_ArrayReader:  # TMP until the datasets branch lands
-    def __init__(self, arrays):
-        self.arrays, self.n = arrays, len(next(iter(arrays.values())))
-
-    def read(self, indices):
-        return {k: v[indices] for k, v in self.arrays.items()}
-
-
-def _TMP_reader(data, part):
-    return data.reader(part) if hasattr(data, "reader") else _TMP_ArrayReader(data.arrays(part))
