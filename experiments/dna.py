@@ -6,6 +6,8 @@
     python -m experiments.dna sweep --lrs 1e-2,3e-3 --seeds 4 --epochs 50
     python -m experiments.dna predict --checkpoint runs/dna --input seqs.fasta --output probs.csv
     python -m experiments.dna evaluate --checkpoint runs/dna --input labeled.csv
+    python -m experiments.dna prepare --out data/dna       # TFDS dataset of the data and split
+    python -m experiments.dna train --data data/dna --epochs 50
 
 Expected with the defaults (seed 0): test AUC ~0.95 (README, Results).
 `python -m experiments.dna train --help` lists every setting with its default.
@@ -22,6 +24,7 @@ def build_parser():
     parser, sub = _cli.build_parser("python -m experiments.dna", __doc__)
     _cli.add_train_command(sub, dna)
     _cli.add_sweep_command(sub, dna)
+    _cli.add_prepare_command(sub, dna)
     for name, text in (("predict", "write probabilities for a CSV/TSV or FASTA file"),
                        ("evaluate", "print the AUC on a labeled CSV/TSV file")):
         cmd = _cli.add_run_command(sub, name, text, "CSV/TSV (sequence column) or FASTA")

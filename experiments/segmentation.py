@@ -5,6 +5,8 @@
     python -m experiments.segmentation sweep --lrs 1e-3,3e-4 --epochs 10
     python -m experiments.segmentation predict --checkpoint runs/segmentation --input images/ --output masks/
     python -m experiments.segmentation simulate --out data/synthetic_nuclei --n 200 --size 128
+    python -m experiments.segmentation prepare --out data/seg   # TFDS dataset of the pairs and split
+    python -m experiments.segmentation train --data data/seg
 
 `python -m experiments.segmentation train --help` lists every setting with its default.
 """
@@ -20,6 +22,7 @@ def build_parser():
     parser, sub = _cli.build_parser("python -m experiments.segmentation", __doc__)
     _cli.add_train_command(sub, segmentation)
     _cli.add_sweep_command(sub, segmentation)
+    _cli.add_prepare_command(sub, segmentation)
     pred = _cli.add_run_command(sub, "predict", "write a 0/255 mask PNG for every input image",
                                 "an image file, or a folder or tarball of images")
     pred.add_argument("--output", required=True, help="folder for the mask PNGs (same stems)")

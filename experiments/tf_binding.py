@@ -6,6 +6,8 @@
     python -m experiments.tf_binding sweep --lrs 1e-2,1e-3,1e-4 --epochs 5 --seeds 3
     python -m experiments.tf_binding predict --checkpoint runs/tf --input S.tsv.gz --output P.tsv.gz
     python -m experiments.tf_binding evaluate --checkpoint runs/tf --input S.tsv.gz --scores C.tsv.gz
+    python -m experiments.tf_binding prepare --out data/tf --simulate-windows 5000
+    python -m experiments.tf_binding train --data data/tf
 
 Expected with the simulated default (5,000 windows, seed 0): see the README results.
 `python -m experiments.tf_binding train --help` lists every setting with its default.
@@ -22,6 +24,7 @@ def build_parser():
     parser, sub = _cli.build_parser("python -m experiments.tf_binding", __doc__)
     _cli.add_train_command(sub, tf_binding)
     _cli.add_sweep_command(sub, tf_binding)
+    _cli.add_prepare_command(sub, tf_binding)
     windows = "sequences TSV(.gz) (window_name, sequence) or FASTA"
     pred = _cli.add_run_command(sub, "predict", "write predicted scores per base in the study's scores format", windows)
     ev = _cli.add_run_command(sub, "evaluate", "print Pearson R and MSE against a scores file", windows)
