@@ -24,7 +24,6 @@ def build_parser():
     parser, sub = _cli.build_parser("python -m experiments.dna", __doc__)
     _cli.add_train_command(sub, dna)
     _cli.add_sweep_command(sub, dna)
-    _cli.add_prepare_command(sub, dna)
     for name, text in (("predict", "write probabilities for a CSV/TSV or FASTA file"),
                        ("evaluate", "print the AUC on a labeled CSV/TSV file")):
         cmd = _cli.add_run_command(sub, name, text, "CSV/TSV (sequence column) or FASTA")
@@ -32,6 +31,7 @@ def build_parser():
             cmd.add_argument("--output", required=True, help="CSV to write (input columns + probability)")
         cmd.add_argument("--seq-column", default="seq", help="column of the sequences (default: seq)")
         cmd.add_argument("--label-column", default="bind", help="column of the 0/1 labels (default: bind)")
+    _cli.add_prepare_command(sub, dna)  # after the older commands: their list keeps its order
     return parser
 
 

@@ -22,7 +22,6 @@ def build_parser():
     parser, sub = _cli.build_parser("python -m experiments.segmentation", __doc__)
     _cli.add_train_command(sub, segmentation)
     _cli.add_sweep_command(sub, segmentation)
-    _cli.add_prepare_command(sub, segmentation)
     pred = _cli.add_run_command(sub, "predict", "write a 0/255 mask PNG for every input image",
                                 "an image file, or a folder or tarball of images")
     pred.add_argument("--output", required=True, help="folder for the mask PNGs (same stems)")
@@ -33,6 +32,7 @@ def build_parser():
     sim.add_argument("--seed", type=int, default=0, help="seed (default: 0)")
     sim.add_argument("--image-tag", default="img", help="images are NAME_<tag>.png (default: img)")
     sim.add_argument("--mask-tag", default="label", help="masks are NAME_<tag>.png (default: label)")
+    _cli.add_prepare_command(sub, segmentation)  # after the older commands: their list keeps its order
     return parser
 
 

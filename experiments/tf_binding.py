@@ -24,7 +24,6 @@ def build_parser():
     parser, sub = _cli.build_parser("python -m experiments.tf_binding", __doc__)
     _cli.add_train_command(sub, tf_binding)
     _cli.add_sweep_command(sub, tf_binding)
-    _cli.add_prepare_command(sub, tf_binding)
     windows = "sequences TSV(.gz) (window_name, sequence) or FASTA"
     pred = _cli.add_run_command(sub, "predict", "write predicted scores per base in the study's scores format", windows)
     ev = _cli.add_run_command(sub, "evaluate", "print Pearson R and MSE against a scores file", windows)
@@ -36,6 +35,7 @@ def build_parser():
     sim.add_argument("--length", type=_cli.positive_int, default=300, help="bases per window (default: 300)")
     sim.add_argument("--seed", type=int, default=0, help="seed (default: 0)")
     sim.add_argument("--motifs", default="CTCF", help="bundled JASPAR motifs to plant (IDs/names), or 'all' (default: CTCF)")
+    _cli.add_prepare_command(sub, tf_binding)  # after the older commands: their list keeps its order
     return parser
 
 
