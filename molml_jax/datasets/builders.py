@@ -28,7 +28,8 @@ from tensorflow_datasets.core import utils as tfds_utils
 VERSION = "1.0.0"
 # pipeline split name <-> TFDS split name, in the order the records are concatenated
 PARTS = {"train": "train", "val": "validation", "test": "test"}
-CHUNK = 1024  # examples converted at once while writing (bounds the extra memory)
+CHUNK = 1024  # at most this many examples converted at once while writing
+CHUNK_BYTES = 32 << 20  # and about this many bytes (256x256 float32 pairs: 64 per chunk)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -76,11 +77,18 @@ class _Builder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
 
     def _generate_examples(self, part: str):
         columns, index = self._examples.columns, np.asarray(self._examples.split[part])
-        for start in range(0, len(index), CHUNK):
-            chunk = index[start:start + CHUNK]
+        size = _chunk_size(columns)
+        for start in range(0, len(index), size):
+            chunk = index[start:start + size]
             batch = {key: encode_column(key, columns[key][chunk], self.DTYPES[key]) for key in self.DTYPES}
             for j in range(len(chunk)):
                 yield start + j, {key: value[j] for key, value in batch.items()}
+
+
+def _chunk_size(columns: Mapping[str, object]) -> int:
+    """Examples per chunk: CHUNK, fewer for large examples (the copy stays ~CHUNK_BYTES)."""
+    per_example = sum(int(np.prod(np.shape(c)[1:])) * 4 for c in columns.values() if len(np.shape(c)) > 1)
+    return max(1, min(CHUNK, CHUNK_BYTES // max(per_example, 1)))
 
 
 def encode_column(key: str, values, dtype) -> np.ndarray:
