@@ -54,17 +54,18 @@ def _flag(name: str) -> str:
     return "--" + name.replace("_", "-")
 
 
-def add_config_flags(parser: argparse.ArgumentParser, config_class, *, defaults: dict | None = None) -> None:
+def add_config_flags(parser: argparse.ArgumentParser, config_class, *, defaults: dict | None = None,
+                     include: Callable[[dataclasses.Field], bool] | None = None) -> None:
     """One flag per Config field: --field-name, typed from its annotation, its help from the
     field's `setting(..., help)`, its default shown. Flags not given stay out of the parsed
-    namespace, so that --config's stored values can fill them."""
+    namespace, so that --config's stored values can fill them. include: which fields (all)."""
     from molml_jax.pipelines.common import config_fields
 
     defaults = defaults or {}
     group = parser.add_argument_group("settings (Config fields; defaults as shown)")
     for field, kind in config_fields(config_class):
         meta = field.metadata
-        if meta.get("cli", True) is False:
+        if meta.get("cli", True) is False or (include is not None and not include(field)):
             continue
         default = defaults.get(field.name, field.default)
         optional = type(None) in typing.get_args(kind)
@@ -180,6 +181,22 @@ def add_sweep_command(sub, pipeline: types.ModuleType) -> argparse.ArgumentParse
     return cmd
 
 
+def is_data_setting(field: dataclasses.Field) -> bool:
+    """The settings that decide a prepared dataset: fields marked data=True, and the seed."""
+    return bool(field.metadata.get("data")) or field.name == "seed"
+
+
+def add_prepare_command(sub, pipeline: types.ModuleType) -> argparse.ArgumentParser:
+    """prepare: the train command's data flags and --seed (of the split), and --out DATA_DIR."""
+    cmd = add_command(sub, "prepare", "write the data and its split as a TFDS (ArrayRecord) dataset for "
+                                      "`train --data DATA_DIR` and notebooks")
+    cmd.add_argument("--out", required=True, dest="data_dir", metavar="DATA_DIR",
+                     help="folder to write (DATA_DIR/molml_<pipeline>/1.0.0/...)")
+    add_config_flags(cmd, pipeline.Config, include=is_data_setting)
+    cmd.set_defaults(pipeline=pipeline.HOOKS.name)
+    return cmd
+
+
 def parse(parser: argparse.ArgumentParser, argv: list[str] | None, default: str = "train") -> argparse.Namespace:
     """`python -m experiments.dna --epochs 5` means `... train --epochs 5`; an unknown
     command is named with the list of commands (exit 2)."""
@@ -204,9 +221,19 @@ def headline(summary: dict) -> dict:
 
 
 def run_training_command(pipeline: types.ModuleType, args: argparse.Namespace) -> bool:
-    """train / sweep, shared by every pipeline. Returns False for other commands."""
+    """train / sweep / prepare, shared by every pipeline. Returns False for other commands."""
     from molml_jax.distributed import is_primary
 
+    if args.command == "prepare":
+        import time
+
+        from molml_jax.datasets import describe
+
+        start = time.perf_counter()
+        prepared = pipeline.prepare(config_from_args(pipeline, args), args.data_dir)
+        verb = "kept (already prepared with these settings)" if prepared.reused else "wrote"
+        print(f"{verb} {describe(prepared)} in {time.perf_counter() - start:.1f} s")
+        return True
     # in a multi-process job only process 0 reports (and only it may have written the files)
     if args.command == "train":
         config = config_from_args(pipeline, args)

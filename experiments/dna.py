@@ -6,6 +6,8 @@
     python -m experiments.dna sweep --lrs 1e-2,3e-3 --seeds 4 --epochs 50
     python -m experiments.dna predict --checkpoint runs/dna --input seqs.fasta --output probs.csv
     python -m experiments.dna evaluate --checkpoint runs/dna --input labeled.csv
+    python -m experiments.dna prepare --out data/dna       # TFDS dataset of the data and split
+    python -m experiments.dna train --data data/dna --epochs 50
 
 Expected with the defaults (seed 0): test AUC ~0.95 (README, Results).
 `python -m experiments.dna train --help` lists every setting with its default.
@@ -29,6 +31,7 @@ def build_parser():
             cmd.add_argument("--output", required=True, help="CSV to write (input columns + probability)")
         cmd.add_argument("--seq-column", default="seq", help="column of the sequences (default: seq)")
         cmd.add_argument("--label-column", default="bind", help="column of the 0/1 labels (default: bind)")
+    _cli.add_prepare_command(sub, dna)  # after the older commands: their list keeps its order
     return parser
 
 

@@ -5,6 +5,8 @@
     python -m experiments.segmentation sweep --lrs 1e-3,3e-4 --epochs 10
     python -m experiments.segmentation predict --checkpoint runs/segmentation --input images/ --output masks/
     python -m experiments.segmentation simulate --out data/synthetic_nuclei --n 200 --size 128
+    python -m experiments.segmentation prepare --out data/seg   # TFDS dataset of the pairs and split
+    python -m experiments.segmentation train --data data/seg
 
 `python -m experiments.segmentation train --help` lists every setting with its default.
 """
@@ -30,6 +32,7 @@ def build_parser():
     sim.add_argument("--seed", type=int, default=0, help="seed (default: 0)")
     sim.add_argument("--image-tag", default="img", help="images are NAME_<tag>.png (default: img)")
     sim.add_argument("--mask-tag", default="label", help="masks are NAME_<tag>.png (default: label)")
+    _cli.add_prepare_command(sub, segmentation)  # after the older commands: their list keeps its order
     return parser
 
 

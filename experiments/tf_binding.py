@@ -6,6 +6,8 @@
     python -m experiments.tf_binding sweep --lrs 1e-2,1e-3,1e-4 --epochs 5 --seeds 3
     python -m experiments.tf_binding predict --checkpoint runs/tf --input S.tsv.gz --output P.tsv.gz
     python -m experiments.tf_binding evaluate --checkpoint runs/tf --input S.tsv.gz --scores C.tsv.gz
+    python -m experiments.tf_binding prepare --out data/tf --simulate-windows 5000
+    python -m experiments.tf_binding train --data data/tf
 
 Expected with the simulated default (5,000 windows, seed 0): see the README results.
 `python -m experiments.tf_binding train --help` lists every setting with its default.
@@ -33,6 +35,7 @@ def build_parser():
     sim.add_argument("--length", type=_cli.positive_int, default=300, help="bases per window (default: 300)")
     sim.add_argument("--seed", type=int, default=0, help="seed (default: 0)")
     sim.add_argument("--motifs", default="CTCF", help="bundled JASPAR motifs to plant (IDs/names), or 'all' (default: CTCF)")
+    _cli.add_prepare_command(sub, tf_binding)  # after the older commands: their list keeps its order
     return parser
 
 

@@ -228,6 +228,9 @@ def train_and_evaluate(pipeline: types.ModuleType, config, *, progress: bool = T
     streaming = choose_streaming(config.stream, data, say=_say if progress and primary else None)
     model, task, tx = _setup(pipeline, config)
     engine = _engine(task, tx, config, stream=streaming)
+    # read before anything is written: a damaged record of a prepared dataset leaves no run folder
+    splits = {part: engine.stream(data.reader(part)) if streaming else engine.put(data.arrays(part))
+              for part in data.split}
     run_dir.mkdir(parents=True, exist_ok=True)
     if primary:
         write_json(run_dir / "config.json", {**config_record(config, hooks.name), "data_source": data.source})
@@ -236,8 +239,6 @@ def train_and_evaluate(pipeline: types.ModuleType, config, *, progress: bool = T
     if initial_params is not None:
         params = jax.tree.map(lambda new, old: np.asarray(new, old.dtype), initial_params, state.params)
         state = state.replace(params=params, opt_state=tx.init(params))
-    splits = {part: engine.stream(data.reader(part)) if streaming else engine.put(data.arrays(part))
-              for part in data.split}
     fit_config = FitConfig(epochs=config.epochs, plateau=hooks.plateau(config),
                            early_stopping_patience=config.early_stopping_patience,
                            checkpoint_every=config.checkpoint_every, progress=progress)
@@ -304,6 +305,8 @@ def sweep(pipeline: types.ModuleType, config, lrs: Sequence[float], *, seeds: in
               "epochs": config.epochs, "rows": rows, "table": table, "histories": trained.histories,
               "data": data.source, "config": record}
     out = Path(config.out)
+    if jax.process_index() != 0:  # one process writes the files
+        return result
     sweeps.write_sweep(out, result, runs, title=f"{hooks.title}: learning-rate sweep")
     if wandb:
         sweeps.log_wandb(out, f"molml-jax-{hooks.name.replace('_', '-')}", record, runs, trained.histories, rows)

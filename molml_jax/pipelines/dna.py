@@ -37,16 +37,17 @@ SWEEP_PARALLEL = {"cpu": "vmap", "gpu": "vmap", "tpu": "vmap"}
 class Config:
     """Every setting of a DNA run; the defaults are the course's. Saved as config.json."""
 
-    data: str | None = setting(None, "CSV/TSV with a sequence and a 0/1 label column; none: the bundled course data")
-    seq_column: str = setting("seq", "column of the sequences")
-    label_column: str = setting("bind", "column of the 0/1 labels")
+    data: str | None = setting(None, "CSV/TSV with a sequence and a 0/1 label column, or a prepared dataset folder "
+                                     "(from `prepare`; its split is used); none: the bundled course data", data=True)
+    seq_column: str = setting("seq", "column of the sequences", data=True)
+    label_column: str = setting("bind", "column of the 0/1 labels", data=True)
     epochs: int = setting(500, "epochs to train (a resumed run trains up to this number)", positive=True)
     batch_size: int = setting(256, "examples per batch", positive=True)
     hidden_dim: int = setting(16, "LSTM hidden size (and the MLP's width)", positive=True)
     lr: float = setting(1e-2, "Adam learning rate (then reduced on plateaus)", positive=True)
-    seed: int = setting(0, "seed of the split, the initial weights and the batch order")
-    test_fraction: float = setting(0.2, "fraction of the examples held out for testing")
-    val_fraction: float = setting(0.1, "fraction of the rest used for validation (course: 10% of train)")
+    seed: int = setting(0, "seed of the split (not of a prepared dataset's), the initial weights and the batch order")
+    test_fraction: float = setting(0.2, "fraction of the examples held out for testing", data=True)
+    val_fraction: float = setting(0.1, "fraction of the rest used for validation (course: 10% of train)", data=True)
     plateau_factor: float = setting(0.5, "learning-rate factor on a validation-loss plateau", positive=True)
     plateau_patience: int = setting(10, "epochs without improvement before the rate is reduced")
     early_stopping_patience: int | None = setting(None, "stop after this many epochs without a lower validation loss; none: never", positive=True)
@@ -63,29 +64,71 @@ class Config:
 @dataclasses.dataclass
 class DNAData:
     """Arrays of a labeled file and its split. x (N, L, 4) float32, lengths (N,) int32,
-    y (N,) int32; split: 'train' / 'val' / 'test' index arrays."""
+    y (N,) int32, names (N,); split: 'train' / 'val' / 'test' index arrays.
+
+    From a prepared dataset (`prepared` set), x, lengths, y and names are LazyColumns over
+    its records (train, val, test in order; split = consecutive ranges): nothing is held
+    in memory until a part is read."""
 
     source: str
     x: np.ndarray
     lengths: np.ndarray
     y: np.ndarray
     split: dict[str, np.ndarray]
+    names: object = None
+    split_seed: int | None = None
+    prepared: object = None  # molml_jax.datasets.Prepared
 
     @property
     def variable_length(self) -> bool:
+        if self.prepared is not None:
+            return bool(self.prepared.metadata["variable_length"])
         return bool(self.lengths.min() != self.lengths.max())
 
     def arrays(self, part: str) -> dict[str, np.ndarray]:
         """The split's batch arrays: x, y (and `length` when lengths vary)."""
+        if self.prepared is not None:
+            return self.reader(part).read(np.arange(len(self.split[part])))
         idx = self.split[part]
         arrays = {"x": self.x[idx], "y": self.y[idx].astype(np.float32)}
         if self.variable_length:
             arrays["length"] = self.lengths[idx]
         return arrays
 
+    def reader(self, part: str):
+        """Random access to a part: .n, .read(indices) == arrays(part) at those indices."""
+        from molml_jax.datasets import ArrayReader, PreparedReader
+
+        if self.prepared is None:
+            return ArrayReader(self.arrays(part))
+        variable = self.variable_length
+        return PreparedReader(self.prepared, part, lambda r: _batch_from_records(r, variable))
+
+
+def _batch_from_records(records: dict, variable_length: bool) -> dict[str, np.ndarray]:
+    batch = {"x": records["x"].astype(np.float32), "y": records["label"].astype(np.float32)}
+    if variable_length:
+        batch["length"] = records["length"].astype(np.int32)
+    return batch
+
+
+def _from_prepared(config: Config) -> DNAData:
+    from molml_jax.datasets import open_for_config
+
+    prepared = open_for_config(config, "dna")
+    return DNAData(prepared.provenance(), prepared.column("x", lambda v: v.astype(np.float32)),
+                   prepared.column("length", lambda v: v.astype(np.int32)),
+                   prepared.column("label", lambda v: v.astype(np.int32)), prepared.split(),
+                   names=prepared.column("name"), split_seed=prepared.split_seed, prepared=prepared)
+
 
 def load_data(config: Config) -> DNAData:
-    """Read, encode and split the labeled sequences named by config.data (or the bundled file)."""
+    """Read, encode and split the labeled sequences named by config.data (or the bundled
+    file); or, when config.data is a prepared dataset folder, its stored split (lazily)."""
+    from molml_jax.datasets import is_prepared
+
+    if is_prepared(config.data):
+        return _from_prepared(config)
     path = Path(config.data) if config.data else default_dna_csv()
     records = read_sequences(path, seq_column=config.seq_column, label_column=config.label_column)
     x, lengths = one_hot(records.sequences, names=records.names, source=records.source, allow_ragged=True)
@@ -96,7 +139,24 @@ def load_data(config: Config) -> DNAData:
                               val_fraction=config.val_fraction)
     except ValueError as err:
         raise InputError(f"{path}: {err}") from None
-    return DNAData(str(path), x, lengths, records.labels, split)
+    return DNAData(str(path), x, lengths, records.labels, split, names=np.array(records.names, dtype=object),
+                   split_seed=config.seed)
+
+
+def prepare(config: Config, out):
+    """Write the data and split that load_data(config) gives as a prepared dataset in the
+    folder `out` (molml_dna/1.0.0/...). Returns the opened molml_jax.datasets.Prepared."""
+    from molml_jax.datasets import check_target, data_settings, is_prepared, source_checksums, write_prepared
+
+    if is_prepared(config.data):
+        raise InputError(f"{config.data}: is already a prepared dataset; give the original file")
+    check_target(out, "dna")  # before the data is read
+    data = load_data(config)
+    path = Path(data.source)
+    columns = {"x": data.x, "length": data.lengths, "label": data.y, "name": data.names}
+    metadata = {"settings": data_settings(config), "origin": f"CSV {path.name}",
+                "sources": source_checksums(path), "variable_length": data.variable_length}
+    return write_prepared(out, "dna", columns, data.split, metadata=metadata)
 
 
 def build_model(config: Config) -> BiLSTMClassifier:

@@ -44,21 +44,22 @@ MULTIPLE = 16  # the U-Net halves the size four times
 class Config:
     """Every setting of a segmentation run; the defaults are the course's. Saved as config.json."""
 
-    data: str | None = setting(None, "folder or .tar.gz of image/mask pairs; none: the bundled course tarball")
-    image_tag: str = setting("cells", "images are NAME_<tag>.EXT")
-    mask_tag: str = setting("masks", "masks are NAME_<tag>.EXT")
+    data: str | None = setting(None, "folder or .tar.gz of image/mask pairs, or a prepared dataset folder (from "
+                                     "`prepare`; its split is used); none: the bundled course tarball", data=True)
+    image_tag: str = setting("cells", "images are NAME_<tag>.EXT", data=True)
+    mask_tag: str = setting("masks", "masks are NAME_<tag>.EXT", data=True)
     resize: tuple[int, int] | None = setting(None, "resize every pair to H W pixels (multiples of 16)", positive=True,
-                                             metavar=("H", "W"))
-    binarize_masks: bool = setting(False, "threshold masks at 0.5 (and rotate them nearest-neighbour)")
+                                             metavar=("H", "W"), data=True)
+    binarize_masks: bool = setting(False, "threshold masks at 0.5 (and rotate them nearest-neighbour)", data=True)
     rotation: float = setting(180.0, "random rotation of training pairs in [-DEGREES, DEGREES]; 0 turns it off")
     epochs: int = setting(20, "epochs to train (a resumed run trains up to this number)", positive=True)
     batch_size: int = setting(4, "images per batch", positive=True)
     lr: float = setting(1e-3, "Adam learning rate", positive=True)
     num_kernel: int = setting(8, "channels of the first U-Net level", positive=True)
     kernel_size: int = setting(3, "convolution kernel size (odd)", positive=True)
-    seed: int = setting(0, "seed of the split, the initial weights, the rotations and the batch order")
-    test_fraction: float = setting(0.2, "fraction of the pairs held out for testing")
-    val_fraction: float = setting(0.125, "fraction of the rest used for validation (70/10/20 overall)")
+    seed: int = setting(0, "seed of the split (not of a prepared dataset's), the initial weights, the rotations and the batch order")
+    test_fraction: float = setting(0.2, "fraction of the pairs held out for testing", data=True)
+    val_fraction: float = setting(0.125, "fraction of the rest used for validation (70/10/20 overall)", data=True)
     early_stopping_patience: int | None = setting(None, "stop after this many epochs without a lower validation loss; none: never", positive=True)
     devices: int = setting(1, "data-parallel devices (on CPU: forced host devices, one per core)", positive=True)
     driver: str = setting("auto", "epoch driver; auto: the one measured faster on this backend", choices=("auto", "scan", "loop"))
@@ -72,21 +73,51 @@ class Config:
 
 @dataclasses.dataclass
 class SegmentationData:
-    """images, masks: float32 (N, H, W) in [0, 1]; split 'train' / 'val' / 'test' indices."""
+    """images, masks: float32 (N, H, W) in [0, 1], names (N,); split 'train' / 'val' / 'test'
+    indices.
+
+    From a prepared dataset (`prepared` set), names, images and masks are LazyColumns over
+    its records (train, val, test in order; split = consecutive ranges), read when indexed."""
 
     source: str
     names: list[str]
     images: np.ndarray
     masks: np.ndarray
     split: dict[str, np.ndarray]
+    split_seed: int | None = None
+    prepared: object = None  # molml_jax.datasets.Prepared
 
     def arrays(self, part: str) -> dict[str, np.ndarray]:
+        if self.prepared is not None:
+            return self.reader(part).read(np.arange(len(self.split[part])))
         idx = self.split[part]
         return {"x": self.images[idx], "y": self.masks[idx]}
 
+    def reader(self, part: str):
+        """Random access to a part: .n, .read(indices) == arrays(part) at those indices."""
+        from molml_jax.datasets import ArrayReader, PreparedReader
+
+        if self.prepared is None:
+            return ArrayReader(self.arrays(part))
+        return PreparedReader(self.prepared, part, lambda r: {"x": r["image"], "y": r["mask"]})
+
+
+def _from_prepared(config: Config) -> SegmentationData:
+    from molml_jax.datasets import open_for_config
+
+    prepared = open_for_config(config, "segmentation")
+    return SegmentationData(prepared.provenance(), prepared.column("name"), prepared.column("image"),
+                            prepared.column("mask"), prepared.split(), split_seed=prepared.split_seed,
+                            prepared=prepared)
+
 
 def load_data(config: Config) -> SegmentationData:
-    """Read the image/mask pairs of config.data (or the bundled course tarball) and split them."""
+    """Read the image/mask pairs of config.data (or the bundled course tarball) and split
+    them; or, when config.data is a prepared dataset folder, its stored split (lazily)."""
+    from molml_jax.datasets import is_prepared
+
+    if is_prepared(config.data):
+        return _from_prepared(config)
     source = Path(config.data) if config.data else default_cells_tarball()
     pairs = read_image_pairs(source, image_tag=config.image_tag, mask_tag=config.mask_tag,
                              resize=config.resize, binarize_masks=config.binarize_masks)
@@ -98,7 +129,23 @@ def load_data(config: Config) -> SegmentationData:
                               val_fraction=config.val_fraction)
     except ValueError as err:
         raise InputError(f"{source}: {err}") from None
-    return SegmentationData(str(source), list(pairs.names), pairs.images, pairs.masks, split)
+    return SegmentationData(str(source), list(pairs.names), pairs.images, pairs.masks, split, split_seed=config.seed)
+
+
+def prepare(config: Config, out):
+    """Write the pairs and split that load_data(config) gives as a prepared dataset in the
+    folder `out` (molml_segmentation/1.0.0/...). Returns the opened molml_jax.datasets.Prepared."""
+    from molml_jax.datasets import check_target, data_settings, is_prepared, source_checksums, write_prepared
+
+    if is_prepared(config.data):
+        raise InputError(f"{config.data}: is already a prepared dataset; give the original images")
+    check_target(out, "segmentation")  # before the data is read
+    data = load_data(config)
+    path = Path(data.source)
+    columns = {"image": data.images, "mask": data.masks, "name": np.array(data.names, dtype=object)}
+    metadata = {"settings": data_settings(config), "sources": source_checksums(path),
+                "origin": f"{'tarball' if path.is_file() else 'folder'} {path.name}"}
+    return write_prepared(out, "segmentation", columns, data.split, metadata=metadata)
 
 
 def build_model(config: Config) -> UNet:

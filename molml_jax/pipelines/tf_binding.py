@@ -43,12 +43,14 @@ SWEEP_PARALLEL = {"cpu": "sequential", "gpu": "vmap", "tpu": "vmap"}
 class Config:
     """Every setting of a TF-binding run; the defaults are the study's. Saved as config.json."""
 
-    sequences: str | None = setting(None, "sequences TSV(.gz): window_name, sequence (with --scores; none: simulated windows)")
-    scores: str | None = setting(None, "scores TSV(.gz): one column per window, one row per base")
-    simulate_windows: int = setting(5000, "simulated windows (when no files are given)", positive=True)
-    simulate_length: int = setting(300, "length of simulated windows (bp)", positive=True)
-    simulate_seed: int = setting(0, "seed of the simulated windows")
-    simulate_motifs: str = setting("CTCF", "motifs planted in simulated windows: comma-separated JASPAR IDs or names, or 'all'")
+    data: str | None = setting(None, "prepared dataset folder (from `prepare`); instead of --sequences/--scores "
+                                     "(its split is used)")
+    sequences: str | None = setting(None, "sequences TSV(.gz): window_name, sequence (with --scores; none: simulated windows)", data=True)
+    scores: str | None = setting(None, "scores TSV(.gz): one column per window, one row per base", data=True)
+    simulate_windows: int = setting(5000, "simulated windows (when no files are given)", positive=True, data=True)
+    simulate_length: int = setting(300, "length of simulated windows (bp)", positive=True, data=True)
+    simulate_seed: int = setting(0, "seed of the simulated windows", data=True)
+    simulate_motifs: str = setting("CTCF", "motifs planted in simulated windows: comma-separated JASPAR IDs or names, or 'all'", data=True)
     window_length: int | None = setting(None, "window length the model is built for; none: the data's", positive=True)
     epochs: int = setting(100, "epochs to train (a resumed run trains up to this number)", positive=True)
     batch_size: int = setting(64, "windows per batch", positive=True)
@@ -58,9 +60,9 @@ class Config:
     num_blocks: int = setting(3, "residual blocks", positive=True)
     kernel_size: int = setting(3, "convolution kernel size (odd)", positive=True)
     dropout_rate: float = setting(0.2, "dropout rate inside the residual blocks")
-    val_fraction: float = setting(0.2, "fraction of the windows used for validation")
+    val_fraction: float = setting(0.2, "fraction of the windows used for validation", data=True)
     early_stopping_patience: int | None = setting(10, "stop after this many epochs without a lower validation loss", positive=True)
-    seed: int = setting(0, "seed of the split, the initial weights, dropout and the batch order")
+    seed: int = setting(0, "seed of the split (not of a prepared dataset's), the initial weights, dropout and the batch order")
     devices: int = setting(1, "data-parallel devices (on CPU: forced host devices, one per core)", positive=True)
     driver: str = setting("auto", "epoch driver; auto: the one measured faster on this backend", choices=("auto", "scan", "loop"))
     stream: bool | None = setting(None, "read batches from the host (grain) instead of keeping the splits on the devices; none: when they exceed half a device's memory")
@@ -74,21 +76,56 @@ class Config:
 
 @dataclasses.dataclass
 class TFData:
-    """Windows and their split. x (N, L, 4) float32, y (N, L) float32; split 'train'/'val'."""
+    """Windows and their split. x (N, L, 4) float32, y (N, L) float32, names (N,);
+    split 'train'/'val'.
+
+    From a prepared dataset (`prepared` set), names, x and y are LazyColumns over its
+    records (train, val in order; split = consecutive ranges), read when indexed."""
 
     source: str
     names: list[str]
     x: np.ndarray
     y: np.ndarray
     split: dict[str, np.ndarray]
+    split_seed: int | None = None
+    prepared: object = None  # molml_jax.datasets.Prepared
 
     def arrays(self, part: str) -> dict[str, np.ndarray]:
+        if self.prepared is not None:
+            return self.reader(part).read(np.arange(len(self.split[part])))
         idx = self.split[part]
         return {"x": self.x[idx], "y": self.y[idx]}
 
+    def reader(self, part: str):
+        """Random access to a part: .n, .read(indices) == arrays(part) at those indices."""
+        from molml_jax.datasets import ArrayReader, PreparedReader
+
+        if self.prepared is None:
+            return ArrayReader(self.arrays(part))
+        return PreparedReader(self.prepared, part, _batch_from_records)
+
+
+def _batch_from_records(records: dict) -> dict[str, np.ndarray]:
+    return {"x": records["x"].astype(np.float32), "y": records["y"].astype(np.float32)}
+
+
+def _from_prepared(config: Config) -> TFData:
+    from molml_jax.datasets import open_for_config
+
+    prepared = open_for_config(config, "tf_binding")
+    return TFData(prepared.provenance(), prepared.column("name"), prepared.column("x", lambda v: v.astype(np.float32)),
+                  prepared.column("y"), prepared.split(), split_seed=prepared.split_seed, prepared=prepared)
+
 
 def load_data(config: Config) -> TFData:
-    """The study's two files, or (neither given) simulated windows; then a seeded split."""
+    """The study's two files, or (neither given) simulated windows; then a seeded split. Or,
+    when config.data names a prepared dataset folder, its stored split (read lazily)."""
+    if config.data is not None:
+        from molml_jax.datasets import is_prepared, open_prepared
+
+        if not is_prepared(config.data):
+            open_prepared(config.data, "tf_binding")  # says what is wrong with it
+        return _from_prepared(config)
     if (config.sequences is None) != (config.scores is None):
         raise InputError("give both --sequences and --scores, or neither (simulated data)")
     if config.sequences:
@@ -107,7 +144,29 @@ def load_data(config: Config) -> TFData:
         raise InputError(f"{source}: {n} windows are too few for a {config.val_fraction} validation split")
     perm = np.random.default_rng(config.seed).permutation(n)
     return TFData(source, list(names), x.astype(np.float32), y.astype(np.float32),
-                  {"val": perm[:n_val], "train": perm[n_val:]})
+                  {"val": perm[:n_val], "train": perm[n_val:]}, split_seed=config.seed)
+
+
+def prepare(config: Config, out):
+    """Write the windows and split that load_data(config) gives as a prepared dataset in the
+    folder `out` (molml_tf_binding/1.0.0/...). Returns the opened molml_jax.datasets.Prepared.
+    Simulated windows are generated whole (the simulator is not chunked) and written in chunks."""
+    from molml_jax.datasets import check_target, data_settings, source_checksums, write_prepared
+
+    if config.data is not None:
+        raise InputError(f"{config.data}: prepare reads --sequences/--scores or simulates; --data is its output")
+    check_target(out, "tf_binding")  # before the data is read
+    data = load_data(config)
+    if config.sequences:
+        sources = {**source_checksums(config.sequences), **source_checksums(config.scores)}
+        origin = f"sequences {Path(config.sequences).name} + scores {Path(config.scores).name}"
+    else:
+        sources = {"simulated": {k: getattr(config, k) for k in
+                                 ("simulate_windows", "simulate_length", "simulate_seed", "simulate_motifs")}}
+        origin = data.source
+    columns = {"x": data.x, "y": data.y, "name": np.array(data.names, dtype=object)}
+    return write_prepared(out, "tf_binding", columns, data.split,
+                          metadata={"settings": data_settings(config), "origin": origin, "sources": sources})
 
 
 def motif_list(text: str | None) -> list[str] | None:
