@@ -171,9 +171,9 @@ def split_bytes(data) -> dict[str, int]:
     return sizes
 
 
-def choose_streaming(stream: bool | None, data, *, say: Callable[[str], None] | None = None) -> bool:
-    """Whether to stream the splits: stream=True/False as asked; None: when the splits'
-    bytes exceed STREAM_BUDGET of device_memory(). Says the choice (one line) through `say`."""
+def choose_streaming(stream: bool | None, data) -> tuple[bool, str]:
+    """(whether to stream the splits, the one line that says why): stream=True/False as
+    asked; None: when the splits' bytes exceed STREAM_BUDGET of device_memory()."""
     sizes = split_bytes(data)
     total = sum(sizes.values())
     gb = lambda b: f"{b / 1e9:.2f} GB"
@@ -184,9 +184,7 @@ def choose_streaming(stream: bool | None, data, *, say: Callable[[str], None] | 
                f"{gb(memory)} {what}")
     else:
         why = f"{gb(total)} of splits, --{'stream' if stream else 'no-stream'}"
-    if say is not None:
-        say(f"data: {why}: " + ("streaming batches from the host" if stream else "kept on the devices"))
-    return stream
+    return stream, f"data: {why}: " + ("streaming batches from the host" if stream else "kept on the devices")
 
 
 def run_facts(result, engine: Engine) -> dict:
@@ -225,9 +223,11 @@ def train_and_evaluate(pipeline: types.ModuleType, config, *, progress: bool = T
     config = hooks.resolve(config, data)
     check_resumable(run_dir, config, hooks.name)
     primary = jax.process_index() == 0  # the one process that writes the run folder's files
-    streaming = choose_streaming(config.stream, data, say=_say if progress and primary else None)
+    streaming, placement = choose_streaming(config.stream, data)
     model, task, tx = _setup(pipeline, config)
     engine = _engine(task, tx, config, stream=streaming)
+    if progress and primary:
+        print(placement, file=sys.stderr, flush=True)
     # read before anything is written: a damaged record of a prepared dataset leaves no run folder
     splits = {part: engine.stream(data.reader(part)) if streaming else engine.put(data.arrays(part))
               for part in data.split}
@@ -311,10 +311,6 @@ def sweep(pipeline: types.ModuleType, config, lrs: Sequence[float], *, seeds: in
     if wandb:
         sweeps.log_wandb(out, f"molml-jax-{hooks.name.replace('_', '-')}", record, runs, trained.histories, rows)
     return result
-
-
-def _say(line: str) -> None:
-    print(line, file=sys.stderr, flush=True)
 
 
 def _last_epoch_metrics(hooks: Hooks, data, trained: sweeps.SweepRun) -> list[dict]:
