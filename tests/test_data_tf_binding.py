@@ -303,6 +303,9 @@ SCORES = "w1\tw2\n0\t1\n0.5\t1\n0\t2\n0\t0\n"
         (SEQS, "w1\tw2\n0\t1\n0\t1\n0\t1\n-inf\t1\n", "score", "window 'w1', position 4: score is infinite"),
         (SEQS, "w1\tw2\n0\t1\n0\t1\n0\thigh\n0\t1\n", "score",
          "window 'w2', position 3: score 'high' is not a number"),
+        # Python's float() takes '1_000'; the file format does not
+        (SEQS, "w1\tw2\n0\t1\n0\t1_000\n0\t1\n0\t1\n", "score",
+         "window 'w2', position 2: score '1_000' is not a number"),
         ("window_name\tsequence\nw1\tACGT\nw2\tGXCC\n", SCORES, "seq",
          "w2: unknown character 'X' at position 2"),
     ],
@@ -325,6 +328,19 @@ def test_bad_gzip_and_folder(tmp_path):
         read_tf_binding(seq_path, bad)
     with pytest.raises(InputError, match="is a folder"):
         read_tf_binding(tmp_path, score_path)
+
+
+def test_numpy_scores_reader_matches_pandas(tmp_path, sim):
+    names, seqs, scores = (v[:12] for v in sim[:3])
+    seq_path, score_path = tmp_path / "seq.tsv", tmp_path / "scores.tsv.gz"
+    write_tf_binding(seq_path, score_path, names, seqs, scores)
+    header = tfb._header(score_path)
+    fast = tfb._read_scores_fast(score_path, header, names, 300)
+    assert fast is not None and fast.shape == (12, 300) and fast.dtype == np.float32
+    np.testing.assert_array_equal(fast, tfb._read_scores_table(score_path, seq_path, header, names, 300))
+    # unusual files are left to pandas, which names the problem
+    assert tfb._read_scores_fast(score_path, header, names, 299) is None
+    assert tfb._read_scores_fast(score_path, header, names[::-1][1:], 300) is None
 
 
 def test_small_plain_files_read(tmp_path):

@@ -34,6 +34,10 @@ any match that covers it (over motifs and strands) and 0 elsewhere. Weak planted
 therefore score 0, and chance matches in background DNA score like real ones, as they would
 in Homer output; the planted sites are returned for tests and documentation only and are
 never written into the files.
+
+Large sets: `iter_simulated_tf_binding` yields the windows 10,000 at a time (the first
+chunk is exactly what the simulator gave before chunking; later chunks draw from their own
+seeded streams) and `write_tf_binding_chunks` writes them without holding the whole set.
 """
 
 from __future__ import annotations
@@ -46,6 +50,7 @@ import importlib.resources
 import json
 import math
 import os
+import re
 import shutil
 import uuid
 import zlib
@@ -552,6 +557,68 @@ def read_tf_binding(sequences_path: str | os.PathLike, scores_path: str | os.Pat
 
     # --- scores: header read by hand, since pandas renames duplicate columns ('w' -> 'w.1')
     header = _header(score_path)
+    y = _read_scores_fast(score_path, header, names, length)
+    if y is None:  # something is unusual: pandas reads it and names the problem
+        y = _read_scores_table(score_path, seq_path, header, names, length)
+    return TFBindingData(names, sequences, x, y, (str(seq_path), str(score_path)))
+
+
+# a scores row of plain decimal numbers only (no quotes, spaces, NaN, inf, '_' or non-ASCII
+# digits, which Python's float() accepts but pandas does not)
+_PLAIN_NUMBERS = re.compile(r"[0-9eE+\-.\t]*")
+
+
+def _read_scores_fast(path: Path, header: list[str], names: list[str], length: int) -> np.ndarray | None:
+    """Scores float32 (N, L), in `names` order, of a well-formed scores file, read one row
+    (base) at a time with numpy: wide files (one column per window) are slow and large
+    through pandas. None for anything unusual (a leading column that is neither a window
+    nor a row index, missing, extra or repeated columns, a row count other than `length`,
+    unequal rows, text other than plain finite numbers, unreadable bytes); the pandas path
+    then reads the file and reports the problem with its usual message.
+    """
+    known = set(names)
+    lead = header[0] not in known  # perhaps a row index, as pandas writes with index=True
+    columns = header[1:] if lead else header
+    position = {c: j for j, c in enumerate(columns)}
+    if len(position) != len(columns) or position.keys() != known:
+        return None
+    order = np.fromiter((position[n] for n in names), dtype=np.intp, count=len(names))
+    y = np.empty((len(names), length), dtype=np.float32)
+    index = np.empty(length)
+    rows = 0
+    try:
+        with _opener(path)(path, "rt", encoding="utf-8-sig", newline="") as handle:
+            handle.readline()  # the header, read by `_header`
+            for line in handle:
+                text = line.rstrip("\r\n")
+                if rows == length or not _PLAIN_NUMBERS.fullmatch(text):
+                    return None
+                fields = text.split("\t")
+                if len(fields) != len(header):
+                    return None
+                try:
+                    row = np.array(fields, dtype=np.float64)
+                except ValueError:  # '', '1e', '1.2.3'
+                    return None
+                if not np.isfinite(row).all():
+                    return None
+                if lead:
+                    index[rows], row = row[0], row[1:]
+                y[:, rows] = row[order]
+                rows += 1
+    except _READ_ERRORS:
+        return None
+    if rows != length:
+        return None
+    if lead and not (np.array_equal(index, np.arange(length)) or np.array_equal(index, np.arange(1, length + 1))):
+        return None
+    return y
+
+
+def _read_scores_table(
+    score_path: Path, seq_path: Path, header: list[str], names: list[str], length: int
+) -> np.ndarray:
+    """Scores float32 (N, L) in `names` order, read with pandas; every problem an InputError."""
     table = _read_tsv(score_path, header=0)
     if table.shape[1] != len(header):
         raise InputError(
@@ -567,7 +634,8 @@ def read_tf_binding(sequences_path: str | os.PathLike, scores_path: str | os.Pat
     if table.shape[1] == 0 or len(table) == 0:
         raise InputError(f"{score_path}: no score values (expected one column per window, one row per base)")
     columns = list(table.columns)
-    no_scores = [n for n in names if n not in set(columns)]
+    have = set(columns)  # once: a set per name made wide files quadratic
+    no_scores = [n for n in names if n not in have]
     if no_scores:
         raise InputError(
             f"{score_path}: no score column for {len(no_scores)} window(s) of {seq_path.name}: "
@@ -600,7 +668,7 @@ def read_tf_binding(sequences_path: str | os.PathLike, scores_path: str | os.Pat
         row, pos = (int(v) for v in np.argwhere(~finite)[0])
         kind = "missing or NaN" if np.isnan(y[row, pos]) else "infinite"
         raise InputError(f"{score_path}: window '{names[row]}', position {pos + 1}: score is {kind}")
-    return TFBindingData(names, sequences, x, y.astype(np.float32), (str(seq_path), str(score_path)))
+    return y.astype(np.float32)
 
 
 # gzip written by zlib (header with mtime 0: the same data gives the same bytes), as
