@@ -301,7 +301,7 @@ def _simulate_chunk(
     codes[:, 0] = (u[:, :1] > np.cumsum(composition)[:3]).sum(axis=1)
     for i in range(1, length):
         codes[:, i] = (u[:, i : i + 1] > cum_t[codes[:, i - 1]]).sum(axis=1)
-    del u
+    del u  # (n, L) float64, the largest array of a chunk; not needed from here on
 
     # planted instances: Poisson count per window, non-overlapping, either strand
     cum_f = [np.cumsum(m.frequencies, axis=1)[:, :3] for m in chosen]
@@ -715,6 +715,16 @@ def _scores_text(names: list[str], scores: np.ndarray) -> str:
     return table.to_csv(sep="\t", index=False, float_format="%.6g", lineterminator="\n")
 
 
+def _scores_columns_text(names: list[str], scores: np.ndarray) -> str:
+    """`_scores_text` (same text) for finite scores (N, L), about ten times faster: each
+    distinct value is formatted once, since a match repeats its score over its bases and
+    most bases score 0 (pandas formats every cell)."""
+    header = pd.DataFrame(columns=names).to_csv(sep="\t", index=False, lineterminator="\n")  # quoting as pandas
+    values, codes = np.unique(scores.T, return_inverse=True)  # over (L, N): rows are bases
+    text = np.array(["%.6g" % v for v in values], dtype=object)[codes.reshape(scores.shape[::-1])]
+    return header + "".join("\t".join(row) + "\n" for row in text)
+
+
 def write_tf_binding(
     path_sequences: str | os.PathLike,
     path_scores: str | os.PathLike,
@@ -819,7 +829,7 @@ def write_tf_binding_chunks(
                 seen.update(names)
                 seq_out.write(_sequences_text(names, sequences, header=not parts).encode("utf-8"))
                 part = work / f"{len(parts):06d}.tsv"
-                part.write_bytes(_scores_text(names, scores).encode("utf-8"))
+                part.write_bytes(_scores_columns_text(names, scores).encode("utf-8"))
                 parts.append(part)
         if not parts:
             raise InputError("write_tf_binding_chunks: no windows to write")
