@@ -56,15 +56,27 @@ def main(argv: list[str] | None = None) -> None:
         if args.command == "simulate":
             from pathlib import Path
 
-            from molml_jax.data.tf_binding import simulate_tf_binding, write_tf_binding
+            import numpy as np
 
-            names, sequences, scores, planted = simulate_tf_binding(
+            from molml_jax.data.tf_binding import iter_simulated_tf_binding, write_tf_binding_chunks
+
+            # chunk by chunk, so large sets never sit in memory; the summary is tallied on the way
+            chunks = iter_simulated_tf_binding(
                 args.windows, args.length, seed=args.seed, motifs=tf_binding.motif_list(args.motifs))
+            tally = {"planted": 0, "scored": 0, "bases": 0}
+
+            def counted():
+                for names, sequences, scores, planted in chunks:
+                    tally["planted"] += len(planted)
+                    tally["scored"] += int(np.count_nonzero(scores > 0))
+                    tally["bases"] += scores.size
+                    yield names, sequences, scores
+
             out = Path(args.out)
             out.mkdir(parents=True, exist_ok=True)
-            write_tf_binding(out / "sequences.tsv.gz", out / "scores.tsv.gz", names, sequences, scores)
-            print(f"wrote {len(names)} windows of {args.length} bp ({len(planted)} planted motif instances, "
-                  f"{(scores > 0).mean():.1%} of bases scored) to {out}/sequences.tsv.gz and scores.tsv.gz")
+            n = write_tf_binding_chunks(out / "sequences.tsv.gz", out / "scores.tsv.gz", counted())
+            print(f"wrote {n} windows of {args.length} bp ({tally['planted']} planted motif instances, "
+                  f"{tally['scored'] / tally['bases']:.1%} of bases scored) to {out}/sequences.tsv.gz and scores.tsv.gz")
         elif args.command == "predict":
             result = tf_binding.predict(args.checkpoint, args.input, args.output)
             print(f"wrote scores of {result['n']} windows of {result['length']} bp to {result['output']}")

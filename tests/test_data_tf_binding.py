@@ -1,4 +1,5 @@
 import gzip
+import hashlib
 import json
 
 import numpy as np
@@ -7,12 +8,15 @@ import pytest
 
 from molml_jax.data import (
     Motif,
+    iter_simulated_tf_binding,
     load_motifs,
     read_tf_binding,
     scan_motifs,
     simulate_tf_binding,
     write_tf_binding,
+    write_tf_binding_chunks,
 )
+from molml_jax.data import tf_binding as tfb
 from molml_jax.data.tf_binding import HUMAN_BACKGROUND, _motifs_path, log_odds, score_threshold
 from molml_jax.errors import InputError
 
@@ -86,6 +90,41 @@ def test_background_has_human_composition_and_cpg_depletion():
     assert 0.15 < cpg < 0.4  # human genome: about 0.25 of the expected CpG count
     # no planted motifs: only rare chance matches score
     assert (scores > 0).mean() < 0.02
+
+
+def test_chunking_keeps_the_historical_stream_up_to_a_chunk():
+    # hashes of simulate_tf_binding(12, 40, seed=5, motifs=["CTCF", "SP1"]) before chunking
+    names, seqs, scores, planted = simulate_tf_binding(12, 40, seed=5, motifs=["CTCF", "SP1"])
+    assert hashlib.sha256("".join(seqs).encode()).hexdigest()[:16] == "65cd0d787eafafb6"
+    assert hashlib.sha256(scores.tobytes()).hexdigest()[:16] == "683c72c1d484efaf"
+    assert len(planted) == 18 and planted[0] == (0, "MA0079.5", 12, "+")
+    for chunk in (12, 100):  # a set of at most `chunk` windows is one chunk, the same windows
+        (only,) = list(iter_simulated_tf_binding(12, 40, seed=5, motifs=["CTCF", "SP1"], chunk=chunk))
+        assert only[0] == names and only[1] == seqs and only[3] == planted
+        np.testing.assert_array_equal(only[2], scores)
+    # the first chunk of a larger set is that set's start too
+    first = next(iter_simulated_tf_binding(30, 40, seed=5, motifs=["CTCF", "SP1"], chunk=12))
+    assert first[1] == seqs and np.array_equal(first[2], scores) and first[3] == planted
+
+
+def test_chunks_continue_names_and_windows_with_fresh_streams():
+    chunks = list(iter_simulated_tf_binding(20, 40, seed=2, motifs=["CTCF"], chunk=7))
+    assert [len(c[0]) for c in chunks] == [7, 7, 6]
+    names = [n for c in chunks for n in c[0]]
+    assert names == [f"chr22sim:{16_000_000 + 40 * i}-{16_000_000 + 40 * (i + 1)}" for i in range(20)]
+    assert len(set(names)) == 20
+    for c, (chunk_names, seqs, scores, planted) in enumerate(chunks):
+        assert scores.shape == (len(chunk_names), 40) and scores.dtype == np.float32
+        assert all(7 * c <= p.window < 7 * c + len(chunk_names) for p in planted)  # global indices
+        np.testing.assert_array_equal(scan_motifs(seqs, ["CTCF"]), scores)
+    # later chunks are new draws, not the first chunk again
+    assert chunks[1][1][0] != chunks[0][1][0] and chunks[2][1][0] != chunks[0][1][0]
+    joined = simulate_tf_binding(20, 40, seed=2, motifs=["CTCF"], chunk=7)
+    assert joined[0] == names and joined[1] == [s for c in chunks for s in c[1]]
+    np.testing.assert_array_equal(joined[2], np.concatenate([c[2] for c in chunks]))
+    assert joined[3] == [p for c in chunks for p in c[3]]
+    with pytest.raises(InputError, match="chunk must be at least 1"):
+        iter_simulated_tf_binding(5, 40, chunk=0)  # checked before the first chunk is asked for
 
 
 def reference_scan(seq: str, motifs: list[Motif]) -> np.ndarray:
@@ -175,6 +214,60 @@ def test_gzip_output_is_reproducible(tmp_path, sim):
     assert (tmp_path / "a.gz").read_bytes() == first
 
 
+@pytest.mark.parametrize("suffix", ["", ".gz"])
+def test_chunk_writer_gives_write_tf_binding_bytes(tmp_path, sim, suffix, monkeypatch):
+    names, seqs, scores = (v[:20] for v in sim[:3])
+    write_tf_binding(tmp_path / f"s{suffix}", tmp_path / f"c{suffix}", names, seqs, scores)
+    one = write_tf_binding_chunks(tmp_path / f"s1{suffix}", tmp_path / f"c1{suffix}", [(names, seqs, scores)])
+    assert one == 20
+    chunks = [(names[i : i + 7], seqs[i : i + 7], scores[i : i + 7]) for i in range(0, 20, 7)]
+    write_tf_binding_chunks(tmp_path / f"s3{suffix}", tmp_path / f"c3{suffix}", iter(chunks))
+    monkeypatch.setattr(tfb, "_MERGE_FILES", 2)  # 7 parts: merged in rounds, same bytes
+    chunks = [(names[i : i + 3], seqs[i : i + 3], scores[i : i + 3]) for i in range(0, 20, 3)]
+    write_tf_binding_chunks(tmp_path / f"s7{suffix}", tmp_path / f"c7{suffix}", chunks)
+    for kind in "sc":
+        expected = (tmp_path / f"{kind}{suffix}").read_bytes()
+        for tag in "137":
+            assert (tmp_path / f"{kind}{tag}{suffix}").read_bytes() == expected, (kind, tag)
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
+        f"{k}{t}{suffix}" for k in "sc" for t in ("", "1", "3", "7"))  # no temporary files left
+
+
+def test_chunked_simulation_round_trips_through_read_tf_binding(tmp_path):
+    chunks = list(iter_simulated_tf_binding(20, 40, seed=4, motifs=["CTCF", "SP1"], chunk=7))
+    seq_path, score_path = tmp_path / "seq.tsv.gz", tmp_path / "scores.tsv.gz"
+    assert write_tf_binding_chunks(seq_path, score_path, iter(chunks)) == 20  # planted sites ignored
+    data = read_tf_binding(seq_path, score_path)
+    assert data.names == [n for c in chunks for n in c[0]]
+    assert data.sequences == [s for c in chunks for s in c[1]]
+    truth = np.concatenate([c[2] for c in chunks])
+    assert (truth > 0).any()
+    np.testing.assert_allclose(data.y, truth, rtol=6e-6)  # %.6g in the file: 6 significant digits
+
+
+def test_chunk_writer_leaves_no_files_after_an_error(tmp_path, sim):
+    names, seqs, scores = (v[:10] for v in sim[:3])
+    seq_path, score_path = tmp_path / "seq.tsv.gz", tmp_path / "scores.tsv.gz"
+    seq_path.write_bytes(b"old sequences")  # files from before stay as they were
+
+    def failing():
+        yield names[:5], seqs[:5], scores[:5]
+        raise RuntimeError("simulation failed")
+
+    with pytest.raises(RuntimeError, match="simulation failed"):
+        write_tf_binding_chunks(seq_path, score_path, failing())
+    assert [p.name for p in tmp_path.iterdir()] == ["seq.tsv.gz"] and seq_path.read_bytes() == b"old sequences"
+    repeated = [(names[:5], seqs[:5], scores[:5]), (names[4:], seqs[4:], scores[4:])]
+    with pytest.raises(InputError, match="window names must be unique; repeated: 'chr22sim:16001200-16001500'"):
+        write_tf_binding_chunks(seq_path, score_path, repeated)
+    with pytest.raises(InputError, match="chunk 1 has 299 bp windows, earlier chunks 300 bp"):
+        write_tf_binding_chunks(seq_path, score_path, [(names[:5], seqs[:5], scores[:5]),
+                                                      (names[5:], [s[:299] for s in seqs[5:]], scores[5:, :299])])
+    with pytest.raises(InputError, match="no windows to write"):
+        write_tf_binding_chunks(seq_path, score_path, [])
+    assert [p.name for p in tmp_path.iterdir()] == ["seq.tsv.gz"]
+
+
 def _files(tmp_path, seq_table, score_table, *, seq_name="seq.txt", score_name="scores.txt"):
     seq_path, score_path = tmp_path / seq_name, tmp_path / score_name
     if seq_table is not None:
@@ -210,6 +303,9 @@ SCORES = "w1\tw2\n0\t1\n0.5\t1\n0\t2\n0\t0\n"
         (SEQS, "w1\tw2\n0\t1\n0\t1\n0\t1\n-inf\t1\n", "score", "window 'w1', position 4: score is infinite"),
         (SEQS, "w1\tw2\n0\t1\n0\t1\n0\thigh\n0\t1\n", "score",
          "window 'w2', position 3: score 'high' is not a number"),
+        # Python's float() takes '1_000'; the file format does not
+        (SEQS, "w1\tw2\n0\t1\n0\t1_000\n0\t1\n0\t1\n", "score",
+         "window 'w2', position 2: score '1_000' is not a number"),
         ("window_name\tsequence\nw1\tACGT\nw2\tGXCC\n", SCORES, "seq",
          "w2: unknown character 'X' at position 2"),
     ],
@@ -232,6 +328,19 @@ def test_bad_gzip_and_folder(tmp_path):
         read_tf_binding(seq_path, bad)
     with pytest.raises(InputError, match="is a folder"):
         read_tf_binding(tmp_path, score_path)
+
+
+def test_numpy_scores_reader_matches_pandas(tmp_path, sim):
+    names, seqs, scores = (v[:12] for v in sim[:3])
+    seq_path, score_path = tmp_path / "seq.tsv", tmp_path / "scores.tsv.gz"
+    write_tf_binding(seq_path, score_path, names, seqs, scores)
+    header = tfb._header(score_path)
+    fast = tfb._read_scores_fast(score_path, header, names, 300)
+    assert fast is not None and fast.shape == (12, 300) and fast.dtype == np.float32
+    np.testing.assert_array_equal(fast, tfb._read_scores_table(score_path, seq_path, header, names, 300))
+    # unusual files are left to pandas, which names the problem
+    assert tfb._read_scores_fast(score_path, header, names, 299) is None
+    assert tfb._read_scores_fast(score_path, header, names[::-1][1:], 300) is None
 
 
 def test_small_plain_files_read(tmp_path):

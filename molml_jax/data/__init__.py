@@ -23,11 +23,13 @@ from molml_jax.data.tf_binding import (
     Motif,
     PlantedSite,
     TFBindingData,
+    iter_simulated_tf_binding,
     load_motifs,
     read_tf_binding,
     scan_motifs,
     simulate_tf_binding,
     write_tf_binding,
+    write_tf_binding_chunks,
 )
 
 __all__ = [
@@ -48,9 +50,11 @@ __all__ = [
     "Motif",
     "PlantedSite",
     "TFBindingData",
+    "iter_simulated_tf_binding",
     "load_motifs",
     "read_tf_binding",
     "scan_motifs",
     "simulate_tf_binding",
     "write_tf_binding",
+    "write_tf_binding_chunks",
 ]

@@ -34,10 +34,15 @@ any match that covers it (over motifs and strands) and 0 elsewhere. Weak planted
 therefore score 0, and chance matches in background DNA score like real ones, as they would
 in Homer output; the planted sites are returned for tests and documentation only and are
 never written into the files.
+
+Large sets: `iter_simulated_tf_binding` yields the windows 10,000 at a time (the first
+chunk is exactly what the simulator gave before chunking; later chunks draw from their own
+seeded streams) and `write_tf_binding_chunks` writes them without holding the whole set.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import gzip
@@ -45,9 +50,12 @@ import importlib.resources
 import json
 import math
 import os
+import re
+import shutil
+import uuid
 import zlib
 from pathlib import Path
-from typing import NamedTuple, Sequence
+from typing import Iterable, Iterator, NamedTuple, Sequence
 
 import numpy as np
 import pandas as pd
@@ -264,35 +272,27 @@ def markov_background(cpg_ratio: float = 0.25, composition: np.ndarray = HUMAN_B
     return f / p[:, None]
 
 
-def simulate_tf_binding(
+# windows simulated per RNG stream; sets of at most this many are what the simulator always gave
+SIMULATE_CHUNK = 10_000
+
+
+def _simulate_chunk(
+    rng: np.random.Generator,
     n_windows: int,
-    length: int = 300,
-    seed: int = 0,
-    motifs: Sequence[str | Motif] | None = None,
+    length: int,
+    chosen: list[Motif],
+    first_window: int,
     *,
-    mean_instances: float = 1.5,
-    cpg_ratio: float = 0.25,
-    pseudocount: float = 0.01,
-    max_pvalue: float = 1e-5,
-    max_fraction: float = 0.8,
-    chrom: str = "chr22sim",
-    first_start: int = 16_000_000,
+    mean_instances: float,
+    cpg_ratio: float,
+    pseudocount: float,
+    max_pvalue: float,
+    max_fraction: float,
+    chrom: str,
+    first_start: int,
 ) -> tuple[list[str], list[str], np.ndarray, list[PlantedSite]]:
-    """Simulated windows in the course's format (see the module docstring).
-
-    motifs: None for all bundled JASPAR matrices, or IDs / names / `Motif` objects.
-    Returns (names, sequences, scores float32 (N, L), planted). `planted` lists every
-    instance put into the DNA (window index, motif ID, 0-based start, strand); scores come
-    from `scan_motifs` on the sequences alone, not from `planted`.
-    """
-    if n_windows < 1:
-        raise InputError(f"simulate_tf_binding: n_windows must be at least 1, got {n_windows}")
-    chosen = _as_motifs(motifs)
-    widest = max(m.width for m in chosen)
-    if length < widest:
-        raise InputError(f"simulate_tf_binding: length {length} is shorter than the widest motif ({widest} bp)")
-    rng = np.random.default_rng(seed)
-
+    """`n_windows` windows from `rng`, numbered from `first_window` (names and planted
+    window indices are global). Returns (names, sequences, scores float32 (n, L), planted)."""
     # background: Markov chain, vectorised over windows, position by position
     composition = HUMAN_BACKGROUND
     cum_t = np.cumsum(markov_background(cpg_ratio, composition), axis=1)[:, :3]
@@ -301,6 +301,7 @@ def simulate_tf_binding(
     codes[:, 0] = (u[:, :1] > np.cumsum(composition)[:3]).sum(axis=1)
     for i in range(1, length):
         codes[:, i] = (u[:, i : i + 1] > cum_t[codes[:, i - 1]]).sum(axis=1)
+    del u  # (n, L) float64, the largest array of a chunk; not needed from here on
 
     # planted instances: Poisson count per window, non-overlapping, either strand
     cum_f = [np.cumsum(m.frequencies, axis=1)[:, :3] for m in chosen]
@@ -323,12 +324,13 @@ def simulate_tf_binding(
                 site = 3 - site[::-1]  # reverse complement (A<->T, C<->G in ACGT order)
             codes[w_i, start : start + width] = site
             taken[start : start + width] = True
-            planted.append(PlantedSite(w_i, chosen[k].id, start, strand))
+            planted.append(PlantedSite(first_window + w_i, chosen[k].id, start, strand))
 
     letters = np.frombuffer(BASES.encode(), dtype=np.uint8)[codes]
     sequences = [row.tobytes().decode() for row in letters]
     names = [
-        f"{chrom}:{first_start + i * length}-{first_start + (i + 1) * length}" for i in range(n_windows)
+        f"{chrom}:{first_start + i * length}-{first_start + (i + 1) * length}"
+        for i in range(first_window, first_window + n_windows)
     ]
     scores = scan_motifs(
         sequences,
@@ -339,6 +341,92 @@ def simulate_tf_binding(
         max_fraction=max_fraction,
     )
     return names, sequences, scores, planted
+
+
+def iter_simulated_tf_binding(
+    n_windows: int,
+    length: int = 300,
+    seed: int = 0,
+    motifs: Sequence[str | Motif] | None = None,
+    *,
+    chunk: int = SIMULATE_CHUNK,
+    mean_instances: float = 1.5,
+    cpg_ratio: float = 0.25,
+    pseudocount: float = 0.01,
+    max_pvalue: float = 1e-5,
+    max_fraction: float = 0.8,
+    chrom: str = "chr22sim",
+    first_start: int = 16_000_000,
+) -> Iterator[tuple[list[str], list[str], np.ndarray, list[PlantedSite]]]:
+    """`simulate_tf_binding`'s windows, `chunk` at a time, so that large sets never sit in memory.
+
+    Yields (names, sequences, scores float32 (n, L), planted) for n = `chunk` windows (the
+    last chunk: the rest). Chunk 0 draws from `np.random.default_rng(seed)`, the stream the
+    simulator has always used, so a set of at most `chunk` windows is the same, bit for bit,
+    as before chunking; chunk c > 0 draws from its own stream `default_rng([seed, c])`.
+    Window names (tiled starts along `chrom`) and planted window indices are global: they
+    continue across chunks. Arguments are checked here, before the first chunk is asked for.
+    """
+    if n_windows < 1:
+        raise InputError(f"simulate_tf_binding: n_windows must be at least 1, got {n_windows}")
+    if chunk < 1:
+        raise InputError(f"simulate_tf_binding: chunk must be at least 1, got {chunk}")
+    chosen = _as_motifs(motifs)
+    widest = max(m.width for m in chosen)
+    if length < widest:
+        raise InputError(f"simulate_tf_binding: length {length} is shorter than the widest motif ({widest} bp)")
+    settings = dict(
+        mean_instances=mean_instances, cpg_ratio=cpg_ratio, pseudocount=pseudocount, max_pvalue=max_pvalue,
+        max_fraction=max_fraction, chrom=chrom, first_start=first_start,
+    )
+
+    def chunks():
+        for c, first in enumerate(range(0, n_windows, chunk)):
+            # chunk 0 keeps the historical stream; [seed, c] streams are independent of it
+            rng = np.random.default_rng(seed if c == 0 else [seed, c])
+            yield _simulate_chunk(rng, min(chunk, n_windows - first), length, chosen, first, **settings)
+
+    return chunks()
+
+
+def simulate_tf_binding(
+    n_windows: int,
+    length: int = 300,
+    seed: int = 0,
+    motifs: Sequence[str | Motif] | None = None,
+    *,
+    chunk: int = SIMULATE_CHUNK,
+    mean_instances: float = 1.5,
+    cpg_ratio: float = 0.25,
+    pseudocount: float = 0.01,
+    max_pvalue: float = 1e-5,
+    max_fraction: float = 0.8,
+    chrom: str = "chr22sim",
+    first_start: int = 16_000_000,
+) -> tuple[list[str], list[str], np.ndarray, list[PlantedSite]]:
+    """Simulated windows in the course's format (see the module docstring).
+
+    motifs: None for all bundled JASPAR matrices, or IDs / names / `Motif` objects.
+    Returns (names, sequences, scores float32 (N, L), planted). `planted` lists every
+    instance put into the DNA (window index, motif ID, 0-based start, strand); scores come
+    from `scan_motifs` on the sequences alone, not from `planted`. The chunks of
+    `iter_simulated_tf_binding` joined: the same windows as before chunking for N <= `chunk`;
+    for large N write the chunks with `write_tf_binding_chunks` instead of holding them.
+    """
+    names: list[str] = []
+    sequences: list[str] = []
+    scores: list[np.ndarray] = []
+    planted: list[PlantedSite] = []
+    for chunk_names, chunk_sequences, chunk_scores, chunk_planted in iter_simulated_tf_binding(
+        n_windows, length, seed, motifs, chunk=chunk, mean_instances=mean_instances, cpg_ratio=cpg_ratio,
+        pseudocount=pseudocount, max_pvalue=max_pvalue, max_fraction=max_fraction, chrom=chrom,
+        first_start=first_start,
+    ):
+        names += chunk_names
+        sequences += chunk_sequences
+        scores.append(chunk_scores)
+        planted += chunk_planted
+    return names, sequences, scores[0] if len(scores) == 1 else np.concatenate(scores), planted
 
 
 # ----------------------------------------------------------------------------- files
@@ -469,6 +557,68 @@ def read_tf_binding(sequences_path: str | os.PathLike, scores_path: str | os.Pat
 
     # --- scores: header read by hand, since pandas renames duplicate columns ('w' -> 'w.1')
     header = _header(score_path)
+    y = _read_scores_fast(score_path, header, names, length)
+    if y is None:  # something is unusual: pandas reads it and names the problem
+        y = _read_scores_table(score_path, seq_path, header, names, length)
+    return TFBindingData(names, sequences, x, y, (str(seq_path), str(score_path)))
+
+
+# a scores row of plain decimal numbers only (no quotes, spaces, NaN, inf, '_' or non-ASCII
+# digits, which Python's float() accepts but pandas does not)
+_PLAIN_NUMBERS = re.compile(r"[0-9eE+\-.\t]*")
+
+
+def _read_scores_fast(path: Path, header: list[str], names: list[str], length: int) -> np.ndarray | None:
+    """Scores float32 (N, L), in `names` order, of a well-formed scores file, read one row
+    (base) at a time with numpy: wide files (one column per window) are slow and large
+    through pandas. None for anything unusual (a leading column that is neither a window
+    nor a row index, missing, extra or repeated columns, a row count other than `length`,
+    unequal rows, text other than plain finite numbers, unreadable bytes); the pandas path
+    then reads the file and reports the problem with its usual message.
+    """
+    known = set(names)
+    lead = header[0] not in known  # perhaps a row index, as pandas writes with index=True
+    columns = header[1:] if lead else header
+    position = {c: j for j, c in enumerate(columns)}
+    if len(position) != len(columns) or position.keys() != known:
+        return None
+    order = np.fromiter((position[n] for n in names), dtype=np.intp, count=len(names))
+    y = np.empty((len(names), length), dtype=np.float32)
+    index = np.empty(length)
+    rows = 0
+    try:
+        with _opener(path)(path, "rt", encoding="utf-8-sig", newline="") as handle:
+            handle.readline()  # the header, read by `_header`
+            for line in handle:
+                text = line.rstrip("\r\n")
+                if rows == length or not _PLAIN_NUMBERS.fullmatch(text):
+                    return None
+                fields = text.split("\t")
+                if len(fields) != len(header):
+                    return None
+                try:
+                    row = np.array(fields, dtype=np.float64)
+                except ValueError:  # '', '1e', '1.2.3'
+                    return None
+                if not np.isfinite(row).all():
+                    return None
+                if lead:
+                    index[rows], row = row[0], row[1:]
+                y[:, rows] = row[order]
+                rows += 1
+    except _READ_ERRORS:
+        return None
+    if rows != length:
+        return None
+    if lead and not (np.array_equal(index, np.arange(length)) or np.array_equal(index, np.arange(1, length + 1))):
+        return None
+    return y
+
+
+def _read_scores_table(
+    score_path: Path, seq_path: Path, header: list[str], names: list[str], length: int
+) -> np.ndarray:
+    """Scores float32 (N, L) in `names` order, read with pandas; every problem an InputError."""
     table = _read_tsv(score_path, header=0)
     if table.shape[1] != len(header):
         raise InputError(
@@ -484,7 +634,8 @@ def read_tf_binding(sequences_path: str | os.PathLike, scores_path: str | os.Pat
     if table.shape[1] == 0 or len(table) == 0:
         raise InputError(f"{score_path}: no score values (expected one column per window, one row per base)")
     columns = list(table.columns)
-    no_scores = [n for n in names if n not in set(columns)]
+    have = set(columns)  # once: a set per name made wide files quadratic
+    no_scores = [n for n in names if n not in have]
     if no_scores:
         raise InputError(
             f"{score_path}: no score column for {len(no_scores)} window(s) of {seq_path.name}: "
@@ -517,14 +668,61 @@ def read_tf_binding(sequences_path: str | os.PathLike, scores_path: str | os.Pat
         row, pos = (int(v) for v in np.argwhere(~finite)[0])
         kind = "missing or NaN" if np.isnan(y[row, pos]) else "infinite"
         raise InputError(f"{score_path}: window '{names[row]}', position {pos + 1}: score is {kind}")
-    return TFBindingData(names, sequences, x, y.astype(np.float32), (str(seq_path), str(score_path)))
+    return y.astype(np.float32)
+
+
+# gzip written by zlib (header with mtime 0: the same data gives the same bytes), as
+# gzip.compress(data, mtime=0) does on Python 3.11, but fixed across Python versions
+_GZIP_LEVEL, _GZIP_WBITS = 9, 31
 
 
 def _write_text(path: Path, text: str) -> None:
     data = text.encode("utf-8")
     if path.name.endswith(".gz"):
-        data = gzip.compress(data, mtime=0)  # mtime=0: the same data gives the same bytes
+        data = zlib.compress(data, level=_GZIP_LEVEL, wbits=_GZIP_WBITS)
     path.write_bytes(data)
+
+
+def _checked_windows(
+    what: str, names: Sequence[str], sequences: Sequence[str], scores: np.ndarray
+) -> tuple[list[str], list[str], np.ndarray]:
+    """Names and sequences as str, scores float64 (N, L); InputError unless they fit the format."""
+    names, sequences = [str(n) for n in names], [str(s) for s in sequences]
+    scores = np.asarray(scores, dtype=np.float64)
+    if len(names) != len(sequences):
+        raise InputError(f"{what}: {len(names)} names but {len(sequences)} sequences")
+    if len(set(names)) != len(names):
+        raise InputError(f"{what}: window names must be unique")
+    if any(not n or any(c in n for c in "\t\r\n") for n in names):
+        raise InputError(f"{what}: window names must be non-empty without tabs or newlines")
+    lengths = {len(s) for s in sequences}
+    if len(lengths) != 1 or scores.shape != (len(names), lengths.pop()):
+        raise InputError(
+            f"{what}: scores have shape {scores.shape}; expected (windows, sequence length) "
+            f"with all sequences of one length"
+        )
+    return names, sequences, scores
+
+
+def _sequences_text(names: list[str], sequences: list[str], header: bool = True) -> str:
+    table = pd.DataFrame({"window_name": names, "sequence": sequences})
+    return table.to_csv(sep="\t", index=False, header=header, lineterminator="\n")
+
+
+def _scores_text(names: list[str], scores: np.ndarray) -> str:
+    """scores (N, L) as the study's table: header of names, then one row per base."""
+    table = pd.DataFrame(np.asarray(scores, np.float64).T, columns=[str(n) for n in names])
+    return table.to_csv(sep="\t", index=False, float_format="%.6g", lineterminator="\n")
+
+
+def _scores_columns_text(names: list[str], scores: np.ndarray) -> str:
+    """`_scores_text` (same text) for finite scores (N, L), about ten times faster: each
+    distinct value is formatted once, since a match repeats its score over its bases and
+    most bases score 0 (pandas formats every cell)."""
+    header = pd.DataFrame(columns=names).to_csv(sep="\t", index=False, lineterminator="\n")  # quoting as pandas
+    values, codes = np.unique(scores.T, return_inverse=True)  # over (L, N): rows are bases
+    text = np.array(["%.6g" % v for v in values], dtype=object)[codes.reshape(scores.shape[::-1])]
+    return header + "".join("\t".join(row) + "\n" for row in text)
 
 
 def write_tf_binding(
@@ -537,29 +735,130 @@ def write_tf_binding(
     """Write the two files `read_tf_binding` reads (gzip where a path ends in .gz).
 
     names, sequences: N each; scores: (N, L) with L the sequence length. The scores file
-    gets one column per window, in `names` order, and no index column.
+    gets one column per window, in `names` order, and no index column. For sets too large
+    to hold, `write_tf_binding_chunks` writes the same bytes from chunks.
     """
-    names, sequences = [str(n) for n in names], [str(s) for s in sequences]
-    scores = np.asarray(scores, dtype=np.float64)
-    if len(names) != len(sequences):
-        raise InputError(f"write_tf_binding: {len(names)} names but {len(sequences)} sequences")
-    if len(set(names)) != len(names):
-        raise InputError("write_tf_binding: window names must be unique")
-    if any(not n or any(c in n for c in "\t\r\n") for n in names):
-        raise InputError("write_tf_binding: window names must be non-empty without tabs or newlines")
-    lengths = {len(s) for s in sequences}
-    if len(lengths) != 1 or scores.shape != (len(names), lengths.pop()):
-        raise InputError(
-            f"write_tf_binding: scores have shape {scores.shape}; expected (windows, sequence length) "
-            f"with all sequences of one length"
-        )
-    table = pd.DataFrame({"window_name": names, "sequence": sequences})
-    _write_text(Path(path_sequences), table.to_csv(sep="\t", index=False, lineterminator="\n"))
+    names, sequences, scores = _checked_windows("write_tf_binding", names, sequences, scores)
+    _write_text(Path(path_sequences), _sequences_text(names, sequences))
     write_scores(path_scores, names, scores)
+
+
+# chunk files open at once while merging scores columns; more are merged in rounds
+_MERGE_FILES = 128
+
+
+def _temp_path(final: Path, tag: str) -> Path:
+    """An unused name beside `final` (same filesystem, so os.replace is atomic)."""
+    return final.with_name(f".{final.name}.{tag}-{os.getpid()}-{uuid.uuid4().hex[:12]}.tmp")
+
+
+class _GzipOut:
+    """Bytes to a gzip stream with the same header and deflate settings as `_write_text`."""
+
+    def __init__(self, raw):
+        self.raw, self.deflate = raw, zlib.compressobj(_GZIP_LEVEL, zlib.DEFLATED, _GZIP_WBITS)
+
+    def write(self, data: bytes) -> None:
+        self.raw.write(self.deflate.compress(data))
+
+    def finish(self) -> None:
+        self.raw.write(self.deflate.flush())
+
+
+@contextlib.contextmanager
+def _binary_writer(path: Path, gz: bool):
+    """A new file for bytes, gzip-compressed (when `gz`) to the bytes `_write_text` gives
+    for the whole text: deflate's output does not depend on how the input is split."""
+    with open(path, "xb") as raw:
+        if not gz:
+            yield raw
+            return
+        out = _GzipOut(raw)
+        yield out
+        out.finish()
+
+
+def _merge_columns(parts: Sequence[Path], out) -> None:
+    """Line i of `out` = line i of every part joined by tabs (parts have equal line counts),
+    holding one line of each part at a time."""
+    with contextlib.ExitStack() as stack:
+        handles = [stack.enter_context(open(part, "rb")) for part in parts]
+        for lines in zip(*handles):
+            out.write(b"\t".join(line.rstrip(b"\n") for line in lines) + b"\n")
+
+
+def write_tf_binding_chunks(
+    path_sequences: str | os.PathLike,
+    path_scores: str | os.PathLike,
+    chunks: Iterable[tuple],
+) -> int:
+    """`write_tf_binding` for windows that come in chunks, never holding more than a chunk.
+
+    chunks: (names, sequences, scores (n, L), ...) each, e.g. `iter_simulated_tf_binding`'s
+    (items after the third, such as planted sites, are ignored); names unique over all
+    chunks, one sequence length L throughout. The bytes equal those of `write_tf_binding`
+    on all chunks joined. The scores file has one column per window, so each chunk's columns
+    go to a temporary file and the files are then joined line by line. Both files appear
+    only when complete (written beside their final names, then renamed); temporary files
+    are removed also when a chunk or a write fails. Returns the number of windows written.
+    """
+    seq_path, score_path = Path(path_sequences), Path(path_scores)
+    seq_tmp, score_tmp = _temp_path(seq_path, "part"), _temp_path(score_path, "part")
+    work = _temp_path(score_path, "columns")
+    done = False
+    seen: set[str] = set()  # only names are kept for all windows: duplicates make unreadable files
+    parts: list[Path] = []
+    length = None
+    try:
+        work.mkdir()
+        with _binary_writer(seq_tmp, seq_path.name.endswith(".gz")) as seq_out:
+            for chunk in chunks:
+                names, sequences, scores = chunk[0], chunk[1], chunk[2]
+                if len(names) == 0:
+                    continue
+                names, sequences, scores = _checked_windows("write_tf_binding_chunks", names, sequences, scores)
+                if length is not None and scores.shape[1] != length:
+                    raise InputError(
+                        f"write_tf_binding_chunks: chunk {len(parts)} has {scores.shape[1]} bp windows, "
+                        f"earlier chunks {length} bp"
+                    )
+                length = scores.shape[1]
+                clash = seen.intersection(names)
+                if clash:
+                    raise InputError(f"write_tf_binding_chunks: window names must be unique; repeated: {_few(sorted(clash))}")
+                seen.update(names)
+                seq_out.write(_sequences_text(names, sequences, header=not parts).encode("utf-8"))
+                part = work / f"{len(parts):06d}.tsv"
+                part.write_bytes(_scores_columns_text(names, scores).encode("utf-8"))
+                parts.append(part)
+        if not parts:
+            raise InputError("write_tf_binding_chunks: no windows to write")
+        rounds = 0
+        while len(parts) > _MERGE_FILES:  # bounded open files: merge groups into wider parts
+            rounds, merged = rounds + 1, []
+            for g in range(0, len(parts), _MERGE_FILES):
+                group = parts[g : g + _MERGE_FILES]
+                target = work / f"merged-{rounds}-{len(merged):06d}.tsv"
+                with open(target, "xb") as out:
+                    _merge_columns(group, out)
+                for part in group:
+                    part.unlink()
+                merged.append(target)
+            parts = merged
+        with _binary_writer(score_tmp, score_path.name.endswith(".gz")) as score_out:
+            _merge_columns(parts, score_out)
+        os.replace(seq_tmp, seq_path)
+        os.replace(score_tmp, score_path)
+        done = True
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+        if not done:
+            for tmp in (seq_tmp, score_tmp):
+                tmp.unlink(missing_ok=True)
+    return len(seen)
 
 
 def write_scores(path: str | os.PathLike, names: Sequence[str], scores: np.ndarray) -> None:
     """The study's scores file: one column per window (named, in `names` order), one row per
     base, no index column (gzip where the path ends in .gz). scores (N, L)."""
-    table = pd.DataFrame(np.asarray(scores, np.float64).T, columns=[str(n) for n in names])
-    _write_text(Path(path), table.to_csv(sep="\t", index=False, float_format="%.6g", lineterminator="\n"))
+    _write_text(Path(path), _scores_text(names, scores))
