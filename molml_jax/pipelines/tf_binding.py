@@ -150,7 +150,7 @@ def load_data(config: Config) -> TFData:
 def prepare(config: Config, out):
     """Write the windows and split that load_data(config) gives as a prepared dataset in the
     folder `out` (molml_tf_binding/1.0.0/...). Returns the opened molml_jax.datasets.Prepared.
-    Simulated windows are generated whole (the simulator is not chunked) and written in chunks."""
+    Simulated windows are generated whole (one copy in memory) and written in chunks."""
     from molml_jax.datasets import check_target, data_settings, source_checksums, write_prepared
 
     if config.data is not None:
