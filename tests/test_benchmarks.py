@@ -168,7 +168,8 @@ def test_gpu_goals_are_checked_from_the_measured_epoch_times():
 
 def test_the_package_and_the_suite_import_with_only_the_accelerator_image_stack():
     """The GPU image has jax, flax, optax, orbax, torch, pandas, scikit-learn and matplotlib:
-    no tqdm, wandb, tensorflow-datasets or grain. Everything the suite needs imports without them."""
+    no tqdm, wandb, tensorflow-datasets, grain or psutil. Everything the suite needs imports
+    without them, and a pipeline loads its files and places its splits."""
     import subprocess
     import sys
     from pathlib import Path
@@ -177,7 +178,7 @@ def test_the_package_and_the_suite_import_with_only_the_accelerator_image_stack(
         "import sys, importlib.abc\n"
         "class Block(importlib.abc.MetaPathFinder):\n"
         "    def find_spec(self, name, path=None, target=None):\n"
-        "        if name.split('.')[0] in ('tqdm', 'wandb', 'tensorflow_datasets', 'grain'):\n"
+        "        if name.split('.')[0] in ('tqdm', 'wandb', 'tensorflow_datasets', 'grain', 'psutil'):\n"
         "            raise ImportError(f'No module named {name!r} (hidden by the test)')\n"
         "sys.meta_path.insert(0, Block())\n"
         "import benchmarks.suite, benchmarks.dna_vs_torch, benchmarks.sweep_parallel, experiments.dna\n"
@@ -186,6 +187,9 @@ def test_the_package_and_the_suite_import_with_only_the_accelerator_image_stack(
         "assert 'tqdm' not in sys.modules and progress_bar.__module__ == 'molml_jax.progress'\n"
         "bar = progress_bar(total=2, desc='run', unit='epoch')\n"
         "bar.set_postfix(loss='0.5'); bar.update(1); bar.close()\n"
+        "from molml_jax.pipelines import common\n"
+        "streaming, said = common.choose_streaming(None, dna.load_data(dna.Config()))\n"
+        "assert not streaming and said.endswith('kept on the devices'), said\n"
     )
     proc = subprocess.run([sys.executable, "-c", code], cwd=Path(__file__).resolve().parents[1],
                           capture_output=True, text=True)

@@ -14,13 +14,26 @@ or with molml_jax: `open_prepared(DATA_DIR, "dna").read("train", np.arange(8))`.
 `tfds.load` / `as_dataset` need TensorFlow and are not supported.
 """
 
-from molml_jax.datasets.builders import (
-    BUILDERS, DATASET_NAMES, PARTS, VERSION, MolmlDna, MolmlSegmentation, MolmlTfBinding,
-)
-from molml_jax.datasets.prepared import (
-    FORMAT_VERSION, ArrayReader, check_target, LazyColumn, Prepared, PreparedReader, data_settings, describe,
-    is_prepared, open_for_config, open_prepared, sha256_file, source_checksums, write_prepared,
-)
+import importlib
+
+from molml_jax.datasets.base import ArrayReader, is_prepared
+
+# everything else on first use: those modules import tensorflow_datasets, which a machine
+# that only trains from files (e.g. an accelerator image) may not have
+_LAZY = {
+    "builders": ("BUILDERS", "DATASET_NAMES", "PARTS", "VERSION", "MolmlDna", "MolmlSegmentation", "MolmlTfBinding"),
+    "prepared": ("FORMAT_VERSION", "check_target", "LazyColumn", "Prepared", "PreparedReader",
+                 "data_settings", "describe", "open_for_config", "open_prepared", "sha256_file",
+                 "source_checksums", "write_prepared"),
+}
+
+
+def __getattr__(name: str):
+    module = next((m for m, names in _LAZY.items() if name in names), None)
+    if module is None:
+        raise AttributeError(f"module 'molml_jax.datasets' has no attribute {name!r}")
+    return getattr(importlib.import_module(f"molml_jax.datasets.{module}"), name)
+
 
 __all__ = [
     "BUILDERS", "DATASET_NAMES", "FORMAT_VERSION", "PARTS", "VERSION", "ArrayReader", "LazyColumn", "check_target",

@@ -28,6 +28,7 @@ from typing import Callable, Mapping
 import numpy as np
 
 from molml_jax.datasets.builders import BUILDERS, DATASET_NAMES, PARTS, VERSION, Examples
+from molml_jax.datasets.base import is_prepared
 from molml_jax.errors import InputError
 
 FORMAT_VERSION = 1
@@ -131,21 +132,6 @@ def open_for_config(config, pipeline: str) -> "Prepared":
 
 
 # ----- finding and opening ----------------------------------------------------------------
-
-def _version_dir(path: Path) -> Path | None:
-    """The version folder of a prepared dataset at `path` (DATA_DIR or the folder itself)."""
-    if (path / "dataset_info.json").is_file():
-        return path
-    found = sorted(path.glob("molml_*/*/dataset_info.json")) if path.is_dir() else []
-    return found[0].parent if found else None
-
-
-def is_prepared(path) -> bool:
-    """Whether `path` is a prepared dataset: a DATA_DIR, or its molml_<pipeline>/<version> folder."""
-    if path is None:
-        return False
-    return _version_dir(Path(path)) is not None
-
 
 def _pipeline_of(name: str) -> str | None:
     return next((p for p, n in DATASET_NAMES.items() if n == name), None)
@@ -392,19 +378,6 @@ class LazyColumn:
         if result is None:
             return self._convert(self.prepared.read(next(iter(self.prepared.parts)), index)[self.key])
         return result
-
-
-class ArrayReader:
-    """Random access to in-memory batch arrays: `.n` examples, `.read(indices)` ->
-    {key: array[indices]} (the same dict a prepared dataset's reader gives)."""
-
-    def __init__(self, arrays: Mapping[str, np.ndarray]):
-        self.arrays = dict(arrays)
-        self.n = len(next(iter(self.arrays.values()))) if self.arrays else 0
-
-    def read(self, indices) -> dict[str, np.ndarray]:
-        indices = np.asarray(indices, dtype=np.int64)
-        return {k: v[indices] for k, v in self.arrays.items()}
 
 
 class PreparedReader:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import os
 import platform
 import sys
 import types
@@ -155,9 +156,13 @@ def device_memory() -> tuple[int, str]:
     stats = device.memory_stats() if device.platform != "cpu" else None
     if stats and stats.get("bytes_limit"):
         return int(stats["bytes_limit"]), f"{device.device_kind} memory"
-    import psutil
+    try:
+        import psutil
 
-    return int(psutil.virtual_memory().available) // jax.local_device_count(), "host memory available per CPU device"
+        available = int(psutil.virtual_memory().available)
+    except ImportError:  # free pages only (psutil's figure adds reclaimable caches)
+        available = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    return available // jax.local_device_count(), "host memory available per CPU device"
 
 
 def split_bytes(data) -> dict[str, int]:

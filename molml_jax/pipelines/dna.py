@@ -97,10 +97,12 @@ class DNAData:
 
     def reader(self, part: str):
         """Random access to a part: .n, .read(indices) == arrays(part) at those indices."""
-        from molml_jax.datasets import ArrayReader, PreparedReader
+        from molml_jax.datasets import ArrayReader
 
         if self.prepared is None:
             return ArrayReader(self.arrays(part))
+        from molml_jax.datasets import PreparedReader  # tensorflow_datasets: only for prepared data
+
         variable = self.variable_length
         return PreparedReader(self.prepared, part, lambda r: _batch_from_records(r, variable))
 

@@ -95,10 +95,12 @@ class SegmentationData:
 
     def reader(self, part: str):
         """Random access to a part: .n, .read(indices) == arrays(part) at those indices."""
-        from molml_jax.datasets import ArrayReader, PreparedReader
+        from molml_jax.datasets import ArrayReader
 
         if self.prepared is None:
             return ArrayReader(self.arrays(part))
+        from molml_jax.datasets import PreparedReader  # tensorflow_datasets: only for prepared data
+
         return PreparedReader(self.prepared, part, lambda r: {"x": r["image"], "y": r["mask"]})
 
 

@@ -98,10 +98,12 @@ class TFData:
 
     def reader(self, part: str):
         """Random access to a part: .n, .read(indices) == arrays(part) at those indices."""
-        from molml_jax.datasets import ArrayReader, PreparedReader
+        from molml_jax.datasets import ArrayReader
 
         if self.prepared is None:
             return ArrayReader(self.arrays(part))
+        from molml_jax.datasets import PreparedReader  # tensorflow_datasets: only for prepared data
+
         return PreparedReader(self.prepared, part, _batch_from_records)
 
 
