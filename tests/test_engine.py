@@ -131,6 +131,7 @@ def test_epochs_compile_once(driver):
     replicated, _ = engine.train_epoch(replicated, train, 1)
     after_first = len(traces)
     for epoch in (2, 3, 4):
+        replicated = engine.with_learning_rate(replicated, 1e-2 / epoch)  # a plateau step: no recompile
         replicated, _ = engine.train_epoch(replicated, train, epoch)
     assert len(traces) == after_first
 

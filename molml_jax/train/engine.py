@@ -70,7 +70,7 @@ def first_local(x) -> np.ndarray:
     state leaf or psum-ed sums: the same on every device); numpy arrays (D, ...) -> x[0]."""
     if isinstance(x, jax.Array):
         # a copy: a zero-copy view of a CPU buffer would keep it alive and stop its donation
-        return np.array(x.addressable_data(0)[0])
+        return np.array(x.addressable_data(0))[0]
     return np.asarray(x)[0]
 
 
