@@ -2,6 +2,8 @@
 step, the scanned epoch, the eval step and the vmapped sweep step, for the 'cuda' platform,
 with no CPU-only custom call (the oneDNN convolutions) left in the module."""
 
+import functools
+
 import jax
 import numpy as np
 import pytest
@@ -34,7 +36,7 @@ def _abstract(tree):
 
 
 def _modules(name, configs, platform):
-    """MLIR text of the step, scanned epoch and eval step of one device (the device axis
+    """MLIR text of the step, scanned epoch, eval step and streamed step of one device (the device axis
     vmapped with its name, so the collectives lower too), for `platform`."""
     pipeline, config, arrays = _setup(name)
     model = pipeline.build_model(config)
@@ -50,12 +52,16 @@ def _modules(name, configs, platform):
     weight = np.ones(config.batch_size, np.float32)
     active = np.ones(configs, bool) if configs else None
     key = np.asarray(jax.random.key_data(jax.random.key(0)))
+    batch = {**{k: v[index] for k, v in arrays.items()}, "_weight": weight, "_position": index}
     programs = {
         "train step": (per_device(engine._batch_step, (0, 0, 0, 0, 0, None)),
                        (one(state), one(arrays), one(index), one(weight), one(index), active)),
         "scanned epoch": (per_device(engine._scan_epoch, (0, 0, None, None), donate=(0,)),  # as Engine donates
                           (one(state), one(arrays), key, active)),
-        "eval step": (per_device(engine._eval_step, (0, 0, 0, 0)), (one(state), one(arrays), one(index), one(weight))),
+        "eval step": (per_device(functools.partial(engine._eval_step, stream=False, gather=True), (0, 0, 0, 0)),
+                      (one(state), one(arrays), one(index), one(weight))),
+        # a streamed split's step: the batch read on the host (train split's first batch_size)
+        "streamed train step": (per_device(engine._step_on, (0, 0, None)), (one(state), one(batch), active)),
     }
     if platform == "cpu":  # export refuses the oneDNN calls (no compatibility guarantee): lower here
         return {what: f.lower(*_abstract(args)).as_text() for what, (f, args) in programs.items()}
