@@ -120,12 +120,120 @@ def add_command(sub, name: str, help: str) -> argparse.ArgumentParser:
     return sub.add_parser(name, help=help, description=help, allow_abbrev=False)
 
 
-def add_run_command(sub, name: str, help: str, input_help: str) -> argparse.ArgumentParser:
-    """predict / evaluate: a trained run folder (--checkpoint) and an --input file."""
+ENSEMBLE_HELP = ("run folder of a trained model; RUN1,RUN2,... or a folder of run folders: an ensemble "
+                 "(the mean of the members' logits / scores)")
+
+
+def add_run_command(sub, name: str, help: str, input_help: str, *, sequences: bool = False) -> argparse.ArgumentParser:
+    """predict / evaluate: a trained run folder (--checkpoint) and an --input file.
+    sequences: a DNA model's command (ensembles and --rc-average; predict also takes --bed)."""
     cmd = add_command(sub, name, help)
-    cmd.add_argument("--checkpoint", required=True, metavar="RUN", help="run folder of a trained model")
-    cmd.add_argument("--input", required=True, help=input_help)
+    cmd.add_argument("--checkpoint", required=True, metavar="RUN", help=ENSEMBLE_HELP if sequences else
+                     "run folder of a trained model")
+    if sequences and name == "predict":
+        cmd.add_argument("--input", help=input_help + " (or --bed with --reference)")
+        cmd.add_argument("--bed", metavar="PEAKS.bed", help="BED or narrowPeak intervals: each one's window "
+                         "(centred on the summit or the middle) of --reference is predicted")
+        cmd.add_argument("--reference", metavar="GENOME.fa", help="reference FASTA (plain or bgzip with .fai/.gzi) for --bed")
+    else:
+        cmd.add_argument("--input", required=True, help=input_help)
+    if sequences:
+        add_rc_average(cmd)
     return cmd
+
+
+def add_rc_average(cmd: argparse.ArgumentParser) -> None:
+    cmd.add_argument("--rc-average", action="store_true",
+                     help="average each sequence's output with its reverse complement's (per-base outputs turned back)")
+
+
+def add_length(cmd: argparse.ArgumentParser, pipeline: types.ModuleType) -> None:
+    if pipeline.HOOKS.name == "dna":
+        cmd.add_argument("--length", type=positive_int, default=None,
+                         help="bases per genomic window given to the model (default: 101, the course's sequences)")
+
+
+def non_negative_int(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be at least 0, got {value}")
+    return value
+
+
+def add_interpretation_commands(sub, pipeline: types.ModuleType, input_help: str) -> dict[str, argparse.ArgumentParser]:
+    """attribute and variants, for the sequence pipelines (dna, tf_binding)."""
+    from molml_jax.interpret import BASELINES, METHODS
+
+    attribute = add_command(sub, "attribute", "write attributions of each input sequence to the model's output (.npz)")
+    attribute.add_argument("--checkpoint", required=True, metavar="RUN", help=ENSEMBLE_HELP)
+    attribute.add_argument("--input", required=True, help=input_help)
+    attribute.add_argument("--method", choices=METHODS, default="integrated-gradients",
+                           help="ism: every substitution's change of the output (default: integrated-gradients)")
+    attribute.add_argument("--baseline", choices=BASELINES, default="uniform",
+                           help="integrated gradients' reference: 0.25 per base (default), all zero, or the "
+                                "sequence's bases shuffled")
+    attribute.add_argument("--steps", type=positive_int, default=50, help="integrated gradients' steps (default: 50)")
+    attribute.add_argument("--seed", type=int, default=0, help="seed of the shuffled baseline (default: 0)")
+    if pipeline.HOOKS.name == "tf_binding":
+        attribute.add_argument("--positions", metavar="START:END",
+                               help="explain the sum of the predicted scores over these bases (0-based, END "
+                                    "exclusive; default: the whole window)")
+    attribute.add_argument("--output", required=True, metavar="OUT.npz", help="attributions, sequences, names (.npz)")
+    attribute.add_argument("--plot", type=non_negative_int, default=0, metavar="N",
+                           help="sequence logos (and ism heat maps) of the first N sequences beside OUT.npz")
+    add_rc_average(attribute)
+    variants = add_command(sub, "variants", "score the effect of each SNV of a VCF/TSV against a reference genome")
+    variants.add_argument("--checkpoint", required=True, metavar="RUN", help=ENSEMBLE_HELP)
+    variants.add_argument("--variants", required=True, metavar="FILE",
+                          help="VCF (plain or .gz) or TSV with columns chrom, pos (1-based), ref, alt [, id]")
+    variants.add_argument("--reference", required=True, metavar="GENOME.fa",
+                          help="reference FASTA (plain or bgzip with .fai/.gzi)")
+    variants.add_argument("--output", required=True, metavar="EFFECTS.tsv", help="one row per allele, in input order")
+    add_rc_average(variants)
+    for cmd in (variants,):
+        add_length(cmd, pipeline)
+    return {"attribute": attribute, "variants": variants}
+
+
+def run_interpretation_command(pipeline: types.ModuleType, args: argparse.Namespace, read_kw: dict) -> bool:
+    """attribute / variants / predict --bed of a sequence pipeline. False for other commands."""
+    from molml_jax.errors import InputError
+    from molml_jax.pipelines import interpretation
+
+    if args.command == "attribute":
+        result = interpretation.attribute(
+            pipeline, args.checkpoint, args.input, args.output, method=args.method, baseline=args.baseline,
+            steps=args.steps, seed=args.seed, rc_average=args.rc_average, positions=getattr(args, "positions", None),
+            plot=args.plot, **read_kw)
+        extra = (f"; integrated gradients' median completeness error {result['median_completeness']:.2g}"
+                 if "median_completeness" in result else "")
+        print(f"wrote {args.method} attributions of {result['n']} sequences to {result['output']}{extra}")
+        for figure in result["figures"]:
+            print(f"wrote {figure}")
+        return True
+    if args.command == "variants":
+        result = interpretation.variants(pipeline, args.checkpoint, args.variants, args.reference, args.output,
+                                         rc_average=args.rc_average, length=getattr(args, "length", None))
+        _say_renamed(result)
+        counts = ", ".join(f"{n} {status}" for status, n in result["status"].items() if n)
+        print(f"wrote {result['rows']} alleles to {args.output} ({counts})")
+        return True
+    if args.command == "predict" and (args.bed is not None or args.input is None):
+        if args.input is not None or args.bed is None or args.reference is None:
+            raise InputError("predict: give --input FILE, or --bed PEAKS.bed with --reference GENOME.fa")
+        result = interpretation.predict_intervals(pipeline, args.checkpoint, args.bed, args.reference, args.output,
+                                                  rc_average=args.rc_average, length=getattr(args, "length", None))
+        _say_renamed(result)
+        counts = ", ".join(f"{n} {status}" for status, n in result["status"].items() if n)
+        print(f"wrote {result['rows']} intervals to {args.output} ({counts})")
+        return True
+    return False
+
+
+def _say_renamed(result: dict) -> None:
+    if result.get("chr_prefix_matched"):
+        pairs = ", ".join(f"{a} -> {b}" for a, b in list(result.get("renamed", {}).items())[:4])
+        print(f"note: contig names matched across a 'chr' prefix ({pairs})")
 
 
 def add_train_command(sub, pipeline: types.ModuleType) -> argparse.ArgumentParser:

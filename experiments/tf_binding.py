@@ -8,6 +8,8 @@
     python -m experiments.tf_binding evaluate --checkpoint runs/tf --input S.tsv.gz --scores C.tsv.gz
     python -m experiments.tf_binding prepare --out data/tf --simulate-windows 5000
     python -m experiments.tf_binding train --data data/tf
+    python -m experiments.tf_binding attribute --checkpoint runs/tf --input S.tsv.gz --output ig.npz --plot 3
+    python -m experiments.tf_binding variants --checkpoint runs/tf --variants snvs.vcf --reference hg38.fa --output e.tsv
 
 Expected with the simulated default (5,000 windows, seed 0): see the README results.
 `python -m experiments.tf_binding train --help` lists every setting with its default.
@@ -25,9 +27,11 @@ def build_parser():
     _cli.add_train_command(sub, tf_binding)
     _cli.add_sweep_command(sub, tf_binding)
     windows = "sequences TSV(.gz) (window_name, sequence) or FASTA"
-    pred = _cli.add_run_command(sub, "predict", "write predicted scores per base in the study's scores format", windows)
-    ev = _cli.add_run_command(sub, "evaluate", "print Pearson R and MSE against a scores file", windows)
-    pred.add_argument("--output", required=True, help="scores TSV to write (.gz: gzip); one column per window")
+    pred = _cli.add_run_command(sub, "predict", "write predicted scores per base in the study's scores format "
+                                "(or a summary per BED interval)", windows, sequences=True)
+    ev = _cli.add_run_command(sub, "evaluate", "print Pearson R and MSE against a scores file", windows, sequences=True)
+    pred.add_argument("--output", required=True, help="scores TSV to write (.gz: gzip); one column per window; "
+                                                      "with --bed a TSV (the intervals' fields + score sum and maximum)")
     ev.add_argument("--scores", required=True, help="scores TSV(.gz) of the same windows")
     sim = _cli.add_command(sub, "simulate", "write simulated windows in the study's two-file format")
     sim.add_argument("--out", required=True, help="folder for sequences.tsv.gz and scores.tsv.gz")
@@ -36,6 +40,7 @@ def build_parser():
     sim.add_argument("--seed", type=int, default=0, help="seed (default: 0)")
     sim.add_argument("--motifs", default="CTCF", help="bundled JASPAR motifs to plant (IDs/names), or 'all' (default: CTCF)")
     _cli.add_prepare_command(sub, tf_binding)  # after the older commands: their list keeps its order
+    _cli.add_interpretation_commands(sub, tf_binding, windows)
     return parser
 
 
@@ -51,7 +56,7 @@ def main(argv: list[str] | None = None) -> None:
 
     # a failing process of a multi-process job exits at once (its peers' launcher sees it)
     with leave_at_once_on_error(), exit_on_user_error():
-        if _cli.run_training_command(tf_binding, args):
+        if _cli.run_training_command(tf_binding, args) or _cli.run_interpretation_command(tf_binding, args, {}):
             return
         if args.command == "simulate":
             from pathlib import Path
@@ -78,10 +83,10 @@ def main(argv: list[str] | None = None) -> None:
             print(f"wrote {n} windows of {args.length} bp ({tally['planted']} planted motif instances, "
                   f"{tally['scored'] / tally['bases']:.1%} of bases scored) to {out}/sequences.tsv.gz and scores.tsv.gz")
         elif args.command == "predict":
-            result = tf_binding.predict(args.checkpoint, args.input, args.output)
+            result = tf_binding.predict(args.checkpoint, args.input, args.output, rc_average=args.rc_average)
             print(f"wrote scores of {result['n']} windows of {result['length']} bp to {result['output']}")
         else:
-            result = tf_binding.evaluate(args.checkpoint, args.input, args.scores)
+            result = tf_binding.evaluate(args.checkpoint, args.input, args.scores, rc_average=args.rc_average)
             print(f"Pearson R {result['pearson']:.4f}, MSE {result['mse']:.4f} on {result['n']} windows of {args.input}")
 
 

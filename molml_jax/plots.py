@@ -129,3 +129,63 @@ def plot_loss_bands(groups: dict[str, Sequence[Sequence[dict]]], path: str | Pat
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
+
+
+def logo_heights(attributions, x, method: str):
+    """Letter heights (L, 4) of one sequence's attributions (L, 4), drawn on its bases.
+
+    Gradient methods: the position's summed attribution on the base the sequence has (for
+    input x gradient that is the attribution itself; for integrated gradients it adds the
+    other bases' (x - baseline) * gradient terms, so the letters add up to the prediction's
+    change). ism: minus the mean change of the three substitutions (how much the base
+    present is worth against the alternatives), on the base present."""
+    import numpy as np
+
+    attributions, x = np.asarray(attributions, np.float64), np.asarray(x, np.float64)
+    if method == "ism":
+        per_position = -attributions.sum(-1) / 3.0  # the reference column is 0
+    else:
+        per_position = attributions.sum(-1)
+    return x * per_position[:, None]
+
+
+def plot_sequence_logo(heights, path: str | Path, *, title: str = "") -> None:
+    """Sequence logo of letter heights (L, 4), A C G T (logomaker; negative letters drawn
+    below the axis, flipped)."""
+    import logomaker
+    import numpy as np
+    import pandas as pd
+
+    heights = np.asarray(heights, np.float64)
+    frame = pd.DataFrame(heights, columns=list("ACGT"))
+    fig, ax = plt.subplots(figsize=(max(6.0, 0.12 * len(frame)), 2.2))
+    logomaker.Logo(frame, ax=ax, flip_below=True, color_scheme="classic")
+    ax.axhline(0, color="0.6", lw=0.6)
+    ax.set_xlabel("position (bp)")
+    ax.set_ylabel("attribution")
+    if title:
+        ax.set_title(title, fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def plot_ism_heatmap(changes, sequence: str, path: str | Path, *, title: str = "") -> None:
+    """In-silico mutagenesis (L, 4): the change of the output for each base at each position
+    (0 at the sequence's own base), a diverging map centred at 0."""
+    import numpy as np
+
+    changes = np.asarray(changes, np.float64)
+    bound = float(np.abs(changes).max()) or 1.0
+    fig, ax = plt.subplots(figsize=(max(6.0, 0.12 * len(changes)), 1.9))
+    image = ax.imshow(changes.T, aspect="auto", cmap="RdBu_r", vmin=-bound, vmax=bound, interpolation="nearest")
+    ax.set_yticks(range(4), list("ACGT"))
+    if len(sequence) <= 120:
+        ax.set_xticks(range(len(sequence)), list(sequence), fontsize=5)
+    ax.set_xlabel("position (bp), sequence base")
+    if title:
+        ax.set_title(title, fontsize=9)
+    fig.colorbar(image, ax=ax, fraction=0.03, pad=0.01, label="change")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)

@@ -51,12 +51,6 @@ ScalarFn = Callable[[jax.Array], jax.Array]
 
 # ----- public API ---------------------------------------------------------------------------
 
-def reverse_complement(x):
-    """The reverse complement of one-hot DNA (..., L, 4) in A, C, G, T order: positions
-    reversed and A<->T, C<->G swapped (the base axis reversed). numpy or jax arrays."""
-    return x[..., ::-1, ::-1]
-
-
 def saliency(f: ScalarFn, x, *, batch_size: int = 128) -> np.ndarray:
     """Gradient of each sequence's output with respect to its input, d f(x_i) / d x_i.
 

@@ -86,7 +86,10 @@ def check_resumable(run_dir: Path, config, pipeline: str) -> None:
         if (run_dir / "checkpoints").exists():
             raise InputError(f"{run_dir}: has checkpoints but no config.json; use another --out")
         return
-    stored = read_run_config(run_dir, pipeline)
+    # a setting added after the run was stored counts as its default (a run trained before
+    # --rc-augment existed resumes)
+    defaults = {f.name: f.default for f in dataclasses.fields(config)}
+    stored = {**defaults, **read_run_config(run_dir, pipeline)}
     new = config_record(config, pipeline)
     changed = [k for k in new if k not in RESUMABLE and _jsonish(stored.get(k)) != _jsonish(new[k])]
     if changed:

@@ -9,6 +9,7 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
 import sys
 from pathlib import Path
 
@@ -17,11 +18,13 @@ import optax
 import pandas as pd
 
 from molml_jax.data import default_dna_csv, one_hot, read_sequences, split_indices
+from molml_jax.data.strands import random_reverse_complement
 from molml_jax.errors import InputError
 from molml_jax.metrics.classification import roc_auc, sigmoid
 from molml_jax.models import BiLSTMClassifier
 from molml_jax.pipelines import common
 from molml_jax.pipelines.common import setting
+from molml_jax.pipelines.ensemble import load_ensemble
 from molml_jax.train import PlateauConfig, Task, binary_cross_entropy_with_logits
 
 _this = sys.modules[__name__]  # what the shared verbs in `common` are given
@@ -46,6 +49,7 @@ class Config:
     hidden_dim: int = setting(16, "LSTM hidden size (and the MLP's width)", positive=True)
     lr: float = setting(1e-2, "Adam learning rate (then reduced on plateaus)", positive=True)
     seed: int = setting(0, "seed of the split (not of a prepared dataset's), the initial weights and the batch order")
+    rc_augment: bool = setting(False, "reverse-complement each training sequence with probability 1/2, on the device")
     test_fraction: float = setting(0.2, "fraction of the examples held out for testing", data=True)
     val_fraction: float = setting(0.1, "fraction of the rest used for validation (course: 10% of train)", data=True)
     plateau_factor: float = setting(0.5, "learning-rate factor on a validation-loss plateau", positive=True)
@@ -170,12 +174,14 @@ def _accuracy(logits, batch):
 
 
 def make_task(config: Config, model: BiLSTMClassifier) -> Task:
-    """Binary cross entropy on the logit; `length` is passed when the split has it."""
+    """Binary cross entropy on the logit; `length` is passed when the split has it;
+    --rc-augment turns training sequences to the other strand at random, on the device."""
     return Task(
         model=model,
         loss=lambda logits, batch: binary_cross_entropy_with_logits(logits, batch["y"]),
         input_keys=("x", "length"),
         metrics=lambda logits, batch: {"accuracy": _accuracy(logits, batch)},
+        augment=functools.partial(random_reverse_complement, probability=0.5) if config.rc_augment else None,
         drivers=DRIVERS,
         sweep_parallel=SWEEP_PARALLEL,
     )
@@ -222,15 +228,17 @@ def load_run(run_dir, checkpoint: str = "best"):
     return common.load_run(_this, run_dir, checkpoint)
 
 
-def predict_arrays(run, inputs, *, lengths=None, batch_size: int = 1024) -> np.ndarray:
+def predict_arrays(run, inputs, *, lengths=None, batch_size: int = 1024, rc_average: bool = False) -> np.ndarray:
     """Binding probabilities of one-hot sequences.
 
-    run: a run folder, or what load_run returned. inputs: (N, L, 4) (or one (L, 4)) one-hot
-    in A, C, G, T order (molml_jax.data.one_hot), zero rows for N. lengths: (N,) real
-    lengths when the sequences were zero-padded to a common L (None: all L).
-    Returns probabilities (N,) float64 (a float for one sequence).
+    run: a run folder, 'RUN1,RUN2,...' or a folder of run folders (an ensemble: the mean of
+    the members' logits), or what load_run / ensemble.load_ensemble returned. inputs:
+    (N, L, 4) (or one (L, 4)) one-hot in A, C, G, T order (molml_jax.data.one_hot), zero rows
+    for N. lengths: (N,) real lengths when the sequences were zero-padded to a common L
+    (None: all L). rc_average: the mean of the logits of each sequence and its reverse
+    complement. Returns probabilities (N,) float64 (a float for one sequence).
     """
-    config, model, variables = common.resolve_run(_this, run)
+    ensemble = load_ensemble(_this, run)
     x = common.check_array(inputs, "inputs", ndim=(2, 3), last=4, what="one-hot sequences (N, L, 4) or (L, 4)")
     single = x.ndim == 2
     x = x[None] if single else x
@@ -238,26 +246,30 @@ def predict_arrays(run, inputs, *, lengths=None, batch_size: int = 1024) -> np.n
         lengths = np.asarray(lengths, np.int32).reshape(-1)
         if len(lengths) != len(x) or lengths.min() < 1 or lengths.max() > x.shape[1]:
             raise InputError(f"lengths: expected {len(x)} lengths in 1..{x.shape[1]}, got {lengths.tolist()[:5]}...")
-    probabilities = sigmoid(common.apply_in_batches(model, variables, (x, lengths), batch_size=batch_size))
+    logits = ensemble.outputs(x, lengths, rc_average=rc_average, batch_size=batch_size)
+    probabilities = sigmoid(logits.astype(np.float64))
     return probabilities[0] if single else probabilities
 
 
-def _score(run_dir, input_path, *, seq_column, label_column):
-    run = load_run(run_dir)
+def _score(run_dir, input_path, *, seq_column, label_column, rc_average):
+    run = load_ensemble(_this, run_dir)
     records = read_sequences(input_path, seq_column=seq_column, label_column=label_column, require_labels=False)
     x, lengths = one_hot(records.sequences, names=records.names, source=records.source, allow_ragged=True)
     ragged = lengths.min() != lengths.max()
-    probability = predict_arrays(run, x, lengths=lengths if ragged else None)
+    probability = predict_arrays(run, x, lengths=lengths if ragged else None, rc_average=rc_average)
     auc = roc_auc(records.labels, probability) if records.labels is not None else None
     return records, probability, auc
 
 
-def predict(run_dir, input, output, *, seq_column: str = "seq", label_column: str = "bind") -> dict:
+def predict(run_dir, input, output, *, seq_column: str = "seq", label_column: str = "bind",
+            rc_average: bool = False) -> dict:
     """Write the records of `input` (CSV/TSV or FASTA) with a `probability` column to the CSV
     `output`, in input order. CSV input keeps all its columns; FASTA gives id, sequence,
-    probability. Returns {'n': count, 'auc': AUC or None (when the input has 0/1 labels)}.
+    probability. run_dir: a run folder or an ensemble (see predict_arrays); rc_average: both
+    strands. Returns {'n': count, 'auc': AUC or None (when the input has 0/1 labels)}.
     """
-    records, probability, auc = _score(run_dir, input, seq_column=seq_column, label_column=label_column)
+    records, probability, auc = _score(run_dir, input, seq_column=seq_column, label_column=label_column,
+                                       rc_average=rc_average)
     if records.table is not None:
         table = records.table.copy()
         table["probability"] = probability
@@ -269,9 +281,12 @@ def predict(run_dir, input, output, *, seq_column: str = "seq", label_column: st
     return {"n": len(probability), "auc": auc}
 
 
-def evaluate(run_dir, input, *, seq_column: str = "seq", label_column: str = "bind") -> dict:
-    """AUC of the run's best checkpoint on a labeled file (nothing written)."""
-    records, probability, auc = _score(run_dir, input, seq_column=seq_column, label_column=label_column)
+def evaluate(run_dir, input, *, seq_column: str = "seq", label_column: str = "bind",
+             rc_average: bool = False) -> dict:
+    """AUC of the run's best checkpoint (or an ensemble's; both strands with rc_average) on a
+    labeled file (nothing written)."""
+    records, probability, auc = _score(run_dir, input, seq_column=seq_column, label_column=label_column,
+                                       rc_average=rc_average)
     if records.labels is None:
         raise InputError(f"{input}: no label column '{label_column}' to evaluate against")
     if auc is None:

@@ -15,6 +15,7 @@ config.json as `window_length`); others are refused with one clear line.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import sys
 from pathlib import Path
 
@@ -22,12 +23,14 @@ import numpy as np
 import optax
 
 from molml_jax.data import one_hot
+from molml_jax.data.strands import random_reverse_complement
 from molml_jax.data.tf_binding import read_tf_binding, read_windows, simulate_tf_binding, write_scores
 from molml_jax.errors import InputError
 from molml_jax.metrics.regression import moment_sums, pearson, pearson_from_moments
 from molml_jax.models.cnn import BindingPredictorCNN
 from molml_jax.pipelines import common
 from molml_jax.pipelines.common import setting
+from molml_jax.pipelines.ensemble import load_ensemble
 from molml_jax.train import Task, mean_squared_error
 
 _this = sys.modules[__name__]  # what the shared verbs in `common` are given
@@ -63,6 +66,7 @@ class Config:
     val_fraction: float = setting(0.2, "fraction of the windows used for validation", data=True)
     early_stopping_patience: int | None = setting(10, "stop after this many epochs without a lower validation loss", positive=True)
     seed: int = setting(0, "seed of the split (not of a prepared dataset's), the initial weights, dropout and the batch order")
+    rc_augment: bool = setting(False, "reverse-complement each training window (and its score profile) with probability 1/2, on the device")
     devices: int = setting(1, "data-parallel devices (on CPU: forced host devices, one per core)", positive=True)
     driver: str = setting("auto", "epoch driver; auto: the one measured faster on this backend", choices=("auto", "scan", "loop"))
     stream: bool | None = setting(None, "read batches from the host (grain) instead of keeping the splits on the devices; none: when they exceed half a device's memory")
@@ -195,12 +199,17 @@ def build_model(config: Config) -> BindingPredictorCNN:
 
 
 def make_task(config: Config, model: BindingPredictorCNN) -> Task:
-    """MSE per window; Pearson R over all bases from moment sums."""
+    """MSE per window; Pearson R over all bases from moment sums; --rc-augment turns
+    training windows and their score profiles to the other strand at random, on the device."""
+    augment = None
+    if config.rc_augment:
+        augment = functools.partial(random_reverse_complement, probability=0.5, profile_keys=("y",))
     return Task(
         model=model,
         loss=lambda pred, batch: mean_squared_error(pred, batch["y"]),
         metrics=lambda pred, batch: moment_sums(pred, batch["y"]),
         summarize=pearson_from_moments,
+        augment=augment,
         train_kwargs={"example_ids": "_position"},  # per-example dropout: same on 1 or N devices
         drivers=DRIVERS,
         sweep_parallel=SWEEP_PARALLEL,
@@ -247,49 +256,54 @@ def load_run(run_dir, checkpoint: str = "best"):
     return common.load_run(_this, run_dir, checkpoint)
 
 
-def predict_arrays(run, inputs, *, batch_size: int = 256) -> np.ndarray:
+def predict_arrays(run, inputs, *, batch_size: int = 256, rc_average: bool = False) -> np.ndarray:
     """Predicted score per base of one-hot windows.
 
-    run: a run folder, or what load_run returned. inputs: (N, L, 4) (or one (L, 4)) one-hot
-    in A, C, G, T order, L the run's window length. Returns scores (N, L) float32 ((L,) for one).
+    run: a run folder, 'RUN1,RUN2,...' or a folder of run folders (an ensemble: the mean of
+    the members' scores), or what load_run / ensemble.load_ensemble returned. inputs:
+    (N, L, 4) (or one (L, 4)) one-hot in A, C, G, T order, L the run's window length.
+    rc_average: the mean of each window's scores and those of its reverse complement
+    (turned back to the forward strand). Returns scores (N, L) float32 ((L,) for one).
     """
-    config, model, variables = common.resolve_run(_this, run)
+    ensemble = load_ensemble(_this, run)
+    config = ensemble.config
     x = common.check_array(inputs, "inputs", ndim=(2, 3), last=4, what="one-hot windows (N, L, 4) or (L, 4)")
     single = x.ndim == 2
     x = x[None] if single else x
     if x.shape[1] != config.window_length:
         raise InputError(f"inputs: windows of {x.shape[1]} bp, but the model was trained on "
                          f"{config.window_length} bp windows (its LayerNorm is per position)")
-    scores = common.apply_in_batches(model, variables, (x,), batch_size=batch_size)
+    scores = ensemble.outputs(x, rc_average=rc_average, batch_size=batch_size)
     return scores[0] if single else scores
 
 
-def _predict_windows(run, run_dir, x: np.ndarray, source) -> np.ndarray:
-    if x.shape[1] != run[0].window_length:
+def _predict_windows(run, run_dir, x: np.ndarray, source, rc_average: bool) -> np.ndarray:
+    if x.shape[1] != run.config.window_length:
         raise InputError(f"{source}: windows are {x.shape[1]} bp, but the model in {run_dir} was trained "
-                         f"on {run[0].window_length} bp windows (its LayerNorm is per position)")
-    return predict_arrays(run, x)
+                         f"on {run.config.window_length} bp windows (its LayerNorm is per position)")
+    return predict_arrays(run, x, rc_average=rc_average)
 
 
-def predict(run_dir, input, output) -> dict:
+def predict(run_dir, input, output, *, rc_average: bool = False) -> dict:
     """Score every window of `input` (the study's sequences TSV(.gz), or FASTA) and write
     `output` in the study's scores format (one column per window named by window_name or
     FASTA id, one row per base; gzip when it ends in .gz): it can be given back as --scores.
+    run_dir: a run folder or an ensemble (see predict_arrays); rc_average: both strands.
     Returns {'n': windows, 'length': bases per window, 'output': path}."""
-    run = load_run(run_dir)  # a bad run folder is named before the input is read
+    run = load_ensemble(_this, run_dir)  # a bad run folder is named before the input is read
     names, _, x = read_windows(input)
-    scores = _predict_windows(run, run_dir, x, input)
+    scores = _predict_windows(run, run_dir, x, input, rc_average)
     output = Path(output)
     output.parent.mkdir(parents=True, exist_ok=True)
     write_scores(output, names, scores)
     return {"n": len(names), "length": int(scores.shape[1]), "output": str(output)}
 
 
-def evaluate(run_dir, input, scores) -> dict:
-    """Pearson R over all bases and MSE of the run's predictions against a scores file
-    (nothing written). Returns {'n', 'pearson', 'mse'}."""
-    run = load_run(run_dir)
+def evaluate(run_dir, input, scores, *, rc_average: bool = False) -> dict:
+    """Pearson R over all bases and MSE of the run's (or an ensemble's; both strands with
+    rc_average) predictions against a scores file (nothing written). Returns {'n', 'pearson', 'mse'}."""
+    run = load_ensemble(_this, run_dir)
     data = read_tf_binding(input, scores)
-    predicted = _predict_windows(run, run_dir, data.x, input)
+    predicted = _predict_windows(run, run_dir, data.x, input, rc_average)
     return {"n": len(data), "pearson": pearson(predicted, data.y),
             "mse": float(np.mean((predicted.astype(np.float64) - data.y) ** 2))}
