@@ -120,8 +120,7 @@ def add_command(sub, name: str, help: str) -> argparse.ArgumentParser:
     return sub.add_parser(name, help=help, description=help, allow_abbrev=False)
 
 
-ENSEMBLE_HELP = ("run folder of a trained model; RUN1,RUN2,... or a folder of run folders: an ensemble "
-                 "(the mean of the members' logits / scores)")
+ENSEMBLE_HELP = "run folder of a trained model; RUN1,RUN2,...: an ensemble (the mean of the members' logits / scores)"
 
 
 def add_run_command(sub, name: str, help: str, input_help: str, *, sequences: bool = False) -> argparse.ArgumentParser:

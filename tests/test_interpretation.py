@@ -8,6 +8,7 @@ import pandas as pd
 import pytest
 
 from molml_jax.data import one_hot
+from molml_jax.errors import InputError
 from molml_jax.data.strands import random_reverse_complement, reverse_complement, reverse_profile
 from molml_jax.metrics.classification import sigmoid
 from molml_jax.pipelines import dna, tf_binding
@@ -116,7 +117,10 @@ def test_ensembles_average_logits_and_rc_average_averages_the_strands(dna_runs):
     mean = (logits[0][0] + logits[1][0]) / 2
     runs = f"{root / 'seeds' / 's0'},{root / 'seeds' / 's1'}"
     np.testing.assert_allclose(dna.predict_arrays(runs, x), sigmoid(mean), atol=1e-6)
-    np.testing.assert_allclose(dna.predict_arrays(root / "seeds", x), sigmoid(mean), atol=1e-6)  # folder of runs
+    np.testing.assert_allclose(dna.predict_arrays([root / "seeds" / "s0", root / "seeds" / "s1"], x), sigmoid(mean),
+                               atol=1e-6)
+    with pytest.raises(InputError, match=r"not a run folder .*give them with commas: .*s0,.*s1"):
+        dna.predict_arrays(root / "seeds", x)  # a folder of runs is not silently averaged
     both = (logits[0][0] + logits[0][1]) / 2
     np.testing.assert_allclose(dna.predict_arrays(root / "seeds" / "s0", x, rc_average=True), sigmoid(both), atol=1e-6)
     # a reverse-complemented input gives the same rc-averaged prediction

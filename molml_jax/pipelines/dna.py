@@ -231,7 +231,7 @@ def load_run(run_dir, checkpoint: str = "best"):
 def predict_arrays(run, inputs, *, lengths=None, batch_size: int = 1024, rc_average: bool = False) -> np.ndarray:
     """Binding probabilities of one-hot sequences.
 
-    run: a run folder, 'RUN1,RUN2,...' or a folder of run folders (an ensemble: the mean of
+    run: a run folder, 'RUN1,RUN2,...' or a list of run folders (an ensemble: the mean of
     the members' logits), or what load_run / ensemble.load_ensemble returned. inputs:
     (N, L, 4) (or one (L, 4)) one-hot in A, C, G, T order (molml_jax.data.one_hot), zero rows
     for N. lengths: (N,) real lengths when the sequences were zero-padded to a common L

@@ -1,8 +1,7 @@
 """Trained runs as one predictor: ensembles of run folders and the average of both strands.
 
 Wherever a run is taken (`--checkpoint RUN`, `predict_arrays(run, ...)`), several runs can
-be given: comma-separated run folders, a folder whose subfolders are run folders (e.g. the
-seeds of one setting), or a list. Their outputs are averaged, and `rc_average` averages
+be given: comma-separated run folders (e.g. the seeds of one setting), or a list. Their outputs are averaged, and `rc_average` averages
 each model's outputs on a sequence and on its reverse complement (per-base outputs turned
 back to the forward strand first).
 
@@ -103,18 +102,21 @@ def _mean_output_function(members: Sequence[tuple], rc_average: bool):
 
 
 def _run_folders(text: str) -> list[Path]:
-    """'RUN' / 'RUN1,RUN2' / a folder of run folders -> the run folders."""
+    """'RUN' / 'RUN1,RUN2,...' -> the run folders. A folder that holds run folders is not
+    taken as an ensemble of everything in it (a user pointing at runs/ by mistake): the
+    message names the members to list instead."""
     folders = []
     for part in [p.strip() for p in str(text).split(",") if p.strip()]:
         path = Path(part)
         if path.is_dir() and not (path / "config.json").is_file():
-            members = sorted(p.parent for p in path.glob("*/config.json"))
-            if members:
-                folders.extend(members)
-                continue
             if (path / "sweep.json").is_file():
                 raise InputError(f"{path}: a sweep folder keeps its curves, not its models; train the members "
-                                 "with `train --seed N --out FOLDER/sN` and give FOLDER (or RUN1,RUN2,...)")
+                                 "with `train --seed N --out DIR/sN` and give DIR/s0,DIR/s1,...")
+            members = sorted(str(p.parent) for p in path.glob("*/config.json"))
+            if members:
+                listed = ",".join(members[:3]) + (",..." if len(members) > 3 else "")
+                raise InputError(f"{path}: not a run folder (no config.json); for an ensemble of the run "
+                                 f"folders in it give them with commas: {listed}")
         folders.append(path)
     if not folders:
         raise InputError(f"no run folder in {text!r}")
@@ -123,8 +125,7 @@ def _run_folders(text: str) -> list[Path]:
 
 def load_ensemble(pipeline: types.ModuleType, run, checkpoint: str = "best") -> Ensemble:
     """An Ensemble from what `--checkpoint` or predict_arrays' `run` takes: a run folder,
-    'RUN1,RUN2,...', a folder of run folders, what load_run returned, a list of those, or
-    an Ensemble (returned as it is)."""
+    'RUN1,RUN2,...', what load_run returned, a list of those, or an Ensemble (returned as it is)."""
     if isinstance(run, Ensemble):
         return run
     if isinstance(run, tuple) and len(run) == 3 and isinstance(run[0], pipeline.Config):

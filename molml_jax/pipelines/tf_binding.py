@@ -259,7 +259,7 @@ def load_run(run_dir, checkpoint: str = "best"):
 def predict_arrays(run, inputs, *, batch_size: int = 256, rc_average: bool = False) -> np.ndarray:
     """Predicted score per base of one-hot windows.
 
-    run: a run folder, 'RUN1,RUN2,...' or a folder of run folders (an ensemble: the mean of
+    run: a run folder, 'RUN1,RUN2,...' or a list of run folders (an ensemble: the mean of
     the members' scores), or what load_run / ensemble.load_ensemble returned. inputs:
     (N, L, 4) (or one (L, 4)) one-hot in A, C, G, T order, L the run's window length.
     rc_average: the mean of each window's scores and those of its reverse complement
