@@ -248,3 +248,33 @@ def test_cli_interpretation_bad_input_is_one_line_and_writes_nothing(dna_runs, t
     line = proc.stderr.strip().splitlines()[-1]
     assert line.startswith("error: ") and fragment in line and "Traceback" not in proc.stderr
     assert not [p.name for p in tmp_path.iterdir() if p.name.startswith("out")]
+
+
+@pytest.mark.parametrize("parallel", ["vmap", "sequential"])
+def test_a_sweep_folder_is_the_ensemble_of_its_configurations_final_weights(dna_runs, tmp_path, parallel):
+    _, csv = dna_runs
+    out = tmp_path / "sweep"
+    result = dna.sweep(_dna_config(csv, out, epochs=2), [1e-2, 1e-3], parallel=parallel, progress=False)
+    members = sorted(p.name for p in (out / "members").iterdir())
+    assert members == ["lr0.001_seed0", "lr0.01_seed0"]
+    seqs, _ = motif_sequences(5, 24, seed=3)
+    x, _ = one_hot(seqs)
+    logits = []
+    for name in members:
+        config, model, variables = dna.load_run(out / "members" / name)  # its final state
+        assert config.lr == float(name[2:].split("_")[0]) and config.epochs == 2
+        logits.append(np.asarray(model.apply(variables, x, train=False)))
+    np.testing.assert_allclose(dna.predict_arrays(out, x), sigmoid((logits[0] + logits[1]) / 2), atol=1e-6)
+    # the members' final weights are those the sweep evaluated last: same validation loss
+    data = dna.load_data(_dna_config(csv, out))
+    val = data.arrays("val")
+    from molml_jax.train import binary_cross_entropy_with_logits
+
+    for name, row in zip(members, sorted(result["rows"], key=lambda r: member_name_of(r))):
+        config, model, variables = dna.load_run(out / "members" / name)
+        loss = float(np.mean(binary_cross_entropy_with_logits(model.apply(variables, val["x"], train=False), val["y"])))
+        assert loss == pytest.approx(row["last_val_loss"], rel=1e-4)
+
+
+def member_name_of(row: dict) -> str:
+    return f"lr{row['lr']:g}_seed{row['seed']}"

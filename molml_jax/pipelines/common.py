@@ -313,12 +313,46 @@ def sweep(pipeline: types.ModuleType, config, lrs: Sequence[float], *, seeds: in
               "epochs": config.epochs, "rows": rows, "table": table, "histories": trained.histories,
               "data": data.source, "config": record}
     out = Path(config.out)
+    _save_members(hooks, config, runs, trained, out)
     if jax.process_index() != 0:  # one process writes the files
         return result
     sweeps.write_sweep(out, result, runs, title=f"{hooks.title}: learning-rate sweep")
     if wandb:
         sweeps.log_wandb(out, f"molml-jax-{hooks.name.replace('_', '-')}", record, runs, trained.histories, rows)
     return result
+
+
+MEMBERS = "members"  # a sweep's configurations, each a run folder holding its final weights
+
+
+def member_name(run: sweeps.Configuration) -> str:
+    return f"lr{run.lr:g}_seed{run.seed}"
+
+
+def _save_members(hooks: Hooks, config, runs, trained: sweeps.SweepRun, out: Path) -> None:
+    """Each configuration's weights after its last epoch as a run folder OUT/members/NAME
+    (config.json with its rate and seed; checkpoints/latest, marked as a sweep's final state):
+    what `--checkpoint OUT` averages as an ensemble. Every process saves (orbax coordinates
+    them); process 0 writes config.json."""
+    engine = trained.engine
+    hosts = []
+    for final in trained.finals:
+        host = engine.unreplicate(final)
+        if engine.configs is None:
+            hosts.append(host)
+        else:  # one state stacked over the configurations
+            hosts += [jax.tree.map(lambda a, i=i: np.asarray(a)[i], host) for i in range(engine.configs)]
+    for run, host, history in zip(runs, hosts, trained.histories):
+        folder = out / MEMBERS / member_name(run)
+        member = dataclasses.replace(config, lr=run.lr, seed=run.seed, out=str(folder))
+        if jax.process_index() == 0:
+            folder.mkdir(parents=True, exist_ok=True)
+            write_json(folder / "config.json", {**config_record(member, hooks.name), "sweep_member": True})
+        checkpoints = Checkpoints(folder / "checkpoints")
+        checkpoints.save("latest", len(history), host, {"model": config.model_id(), "epoch": len(history),
+                                                         "sweep_member": True})
+        checkpoints.wait()
+        checkpoints.close()
 
 
 def _last_epoch_metrics(hooks: Hooks, data, trained: sweeps.SweepRun) -> list[dict]:
@@ -347,11 +381,14 @@ def _evaluate_split(engine: Engine, replicated, arrays, hooks: Hooks, data, part
 
 
 def load_run(pipeline: types.ModuleType, run_dir, checkpoint: str = "best"):
-    """(config, model, variables) of a trained run folder; checkpoint 'best' or 'latest'."""
+    """(config, model, variables) of a trained run folder; checkpoint 'best' or 'latest'
+    (a sweep's member keeps only its final state, `latest`, which 'best' then loads)."""
     hooks: Hooks = pipeline.HOOKS
     if checkpoint not in ("best", "latest"):
         raise InputError(f"checkpoint must be 'best' or 'latest', not {checkpoint!r}")
     run_dir = Path(run_dir)
+    if read_run_config(run_dir, hooks.name).get("sweep_member"):
+        checkpoint = "latest"
     config = stored_config(run_dir, hooks.name, pipeline.Config)
     model, _, tx = _setup(pipeline, config)
     template = train_state_shapes(model, tx, hooks.example_inputs(config))

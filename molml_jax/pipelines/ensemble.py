@@ -1,7 +1,8 @@
 """Trained runs as one predictor: ensembles of run folders and the average of both strands.
 
 Wherever a run is taken (`--checkpoint RUN`, `predict_arrays(run, ...)`), several runs can
-be given: comma-separated run folders (e.g. the seeds of one setting), or a list. Their outputs are averaged, and `rc_average` averages
+be given: comma-separated run folders (e.g. the seeds of one setting), a list, or a sweep
+folder (its configurations' final weights, OUT/members/lr<rate>_seed<seed>). Their outputs are averaged, and `rc_average` averages
 each model's outputs on a sequence and on its reverse complement (per-base outputs turned
 back to the forward strand first).
 
@@ -109,9 +110,13 @@ def _run_folders(text: str) -> list[Path]:
     for part in [p.strip() for p in str(text).split(",") if p.strip()]:
         path = Path(part)
         if path.is_dir() and not (path / "config.json").is_file():
-            if (path / "sweep.json").is_file():
-                raise InputError(f"{path}: a sweep folder keeps its curves, not its models; train the members "
-                                 "with `train --seed N --out DIR/sN` and give DIR/s0,DIR/s1,...")
+            if (path / "sweep.json").is_file():  # a sweep: its configurations' final weights
+                members = sorted(p.parent for p in (path / common.MEMBERS).glob("*/config.json"))
+                if not members:
+                    raise InputError(f"{path}: this sweep kept no weights (made by an older molml-jax); "
+                                     "rerun it, or give run folders RUN1,RUN2,...")
+                folders.extend(members)
+                continue
             members = sorted(str(p.parent) for p in path.glob("*/config.json"))
             if members:
                 listed = ",".join(members[:3]) + (",..." if len(members) > 3 else "")
@@ -125,7 +130,8 @@ def _run_folders(text: str) -> list[Path]:
 
 def load_ensemble(pipeline: types.ModuleType, run, checkpoint: str = "best") -> Ensemble:
     """An Ensemble from what `--checkpoint` or predict_arrays' `run` takes: a run folder,
-    'RUN1,RUN2,...', what load_run returned, a list of those, or an Ensemble (returned as it is)."""
+    'RUN1,RUN2,...', a sweep folder, what load_run returned, a list of those, or an Ensemble
+    (returned as it is)."""
     if isinstance(run, Ensemble):
         return run
     if isinstance(run, tuple) and len(run) == 3 and isinstance(run[0], pipeline.Config):
