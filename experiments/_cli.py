@@ -213,26 +213,25 @@ def run_interpretation_command(pipeline: types.ModuleType, args: argparse.Namesp
     if args.command == "variants":
         result = interpretation.variants(pipeline, args.checkpoint, args.variants, args.reference, args.output,
                                          rc_average=args.rc_average, length=getattr(args, "length", None))
-        _say_renamed(result)
-        counts = ", ".join(f"{n} {status}" for status, n in result["status"].items() if n)
-        print(f"wrote {result['rows']} alleles to {args.output} ({counts})")
+        _report_rows(result, "alleles", args.output)
         return True
     if args.command == "predict" and (args.bed is not None or args.input is None):
         if args.input is not None or args.bed is None or args.reference is None:
             raise InputError("predict: give --input FILE, or --bed PEAKS.bed with --reference GENOME.fa")
         result = interpretation.predict_intervals(pipeline, args.checkpoint, args.bed, args.reference, args.output,
                                                   rc_average=args.rc_average, length=getattr(args, "length", None))
-        _say_renamed(result)
-        counts = ", ".join(f"{n} {status}" for status, n in result["status"].items() if n)
-        print(f"wrote {result['rows']} intervals to {args.output} ({counts})")
+        _report_rows(result, "intervals", args.output)
         return True
     return False
 
 
-def _say_renamed(result: dict) -> None:
+def _report_rows(result: dict, what: str, output) -> None:
+    """One line on contig names matched across a 'chr' prefix (once), one on what was written."""
     if result.get("chr_prefix_matched"):
         pairs = ", ".join(f"{a} -> {b}" for a, b in list(result.get("renamed", {}).items())[:4])
         print(f"note: contig names matched across a 'chr' prefix ({pairs})")
+    counts = ", ".join(f"{n} {status}" for status, n in result["status"].items() if n)
+    print(f"wrote {result['rows']} {what} to {output} ({counts})")
 
 
 def add_train_command(sub, pipeline: types.ModuleType) -> argparse.ArgumentParser:
