@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import importlib
 import sys
 from typing import Iterator
 
@@ -13,6 +14,17 @@ class InputError(ValueError):
     The message is one line that names the file (or item) and the problem. Command-line
     entry points print it and exit with status 2; library callers can catch it.
     """
+
+
+def require(module: str, extra: str, purpose: str):
+    """import_module(module), or an InputError naming the extra that installs it: the
+    packages only some commands use (prepared datasets, streaming, genomes, logos) stay out
+    of the base install, which the main job needs alone."""
+    try:
+        return importlib.import_module(module)
+    except ModuleNotFoundError as err:
+        raise InputError(f"{purpose} needs {err.name}, which is not installed: "
+                         f"pip install 'molml-jax[{extra}]'") from None
 
 
 class TrainingDiverged(RuntimeError):

@@ -152,7 +152,9 @@ def logo_heights(attributions, x, method: str):
 def plot_sequence_logo(heights, path: str | Path, *, title: str = "") -> None:
     """Sequence logo of letter heights (L, 4), A C G T (logomaker; negative letters drawn
     below the axis, flipped)."""
-    import logomaker
+    from molml_jax.errors import require
+
+    logomaker = require("logomaker", "genomics", "drawing sequence logos (attribute --plot)")
     import numpy as np
     import pandas as pd
 

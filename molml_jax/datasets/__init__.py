@@ -14,9 +14,8 @@ or with molml_jax: `open_prepared(DATA_DIR, "dna").read("train", np.arange(8))`.
 `tfds.load` / `as_dataset` need TensorFlow and are not supported.
 """
 
-import importlib
-
 from molml_jax.datasets.base import ArrayReader, is_prepared
+from molml_jax.errors import require
 
 # everything else on first use: those modules import tensorflow_datasets, which a machine
 # that only trains from files (e.g. an accelerator image) may not have
@@ -32,7 +31,7 @@ def __getattr__(name: str):
     module = next((m for m, names in _LAZY.items() if name in names), None)
     if module is None:
         raise AttributeError(f"module 'molml_jax.datasets' has no attribute {name!r}")
-    return getattr(importlib.import_module(f"molml_jax.datasets.{module}"), name)
+    return getattr(require(f"molml_jax.datasets.{module}", "data", "prepared datasets"), name)
 
 
 __all__ = [

@@ -22,7 +22,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from molml_jax.errors import InputError
+from molml_jax.errors import InputError, require
 from molml_jax.interpret._io import check_file, first_line
 
 PREFIX = "chr"
@@ -36,7 +36,7 @@ def window_start(center0: int, length: int) -> int:
 def _open_faidx(path: Path):
     """pyfaidx.Faidx of `path` (building a missing .fai, and .gzi for bgzip), every failure
     one InputError naming the file."""
-    import pyfaidx
+    pyfaidx = require("pyfaidx", "genomics", f"{path}: reading a reference FASTA")
 
     compressed = path.name.lower().endswith((".gz", ".bgz"))
     try:

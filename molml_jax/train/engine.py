@@ -33,6 +33,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from molml_jax.errors import require
 from molml_jax.train.state import TrainState, learning_rate
 from molml_jax.train.task import Task
 
@@ -332,7 +333,7 @@ class Engine:
     def _host_batches(self, data: HostData, index, weight, position):
         """The plan's batches read from the host, in order, `STREAM_PREFETCH` read ahead by
         grain's threads: {name: (D_local, b, ...)} with _weight and _position."""
-        import grain
+        grain = require("grain", "data", "streaming batches from the host (--stream)")
 
         def read(b: int) -> dict:
             rows = index[b]
