@@ -51,7 +51,7 @@ def parse_positions(text: str | None, length: int) -> slice:
     return slice(start, end)
 
 
-def window_length(pipeline: types.ModuleType, ensemble: Ensemble, length: int | None) -> int:
+def window_length(ensemble: Ensemble, length: int | None) -> int:
     """The length of genomic windows given to the model: the TF CNN's own; the DNA
     classifier's from `length` (default DNA_WINDOW)."""
     own = getattr(ensemble.config, "window_length", None)
@@ -168,7 +168,7 @@ def _figures(output: Path, method: str, attributions, x, names, sequences, count
     return written
 
 
-def _window_scorer(pipeline: types.ModuleType, ensemble: Ensemble, rc_average: bool, *, probability: bool):
+def _window_scorer(ensemble: Ensemble, rc_average: bool, *, probability: bool):
     """windows (B, L, 4) -> (B,) logits (or probabilities) for dna, (B, L) scores for tf_binding."""
     def score(windows):
         out = ensemble.outputs(windows, rc_average=rc_average)
@@ -183,8 +183,8 @@ def variants(pipeline: types.ModuleType, run, variants_path, reference, output, 
     from molml_jax.interpret.variants import score_variants
 
     ensemble = load_ensemble(pipeline, run)
-    size = window_length(pipeline, ensemble, length)
-    return score_variants(variants_path, reference, _window_scorer(pipeline, ensemble, rc_average, probability=False),
+    size = window_length(ensemble, length)
+    return score_variants(variants_path, reference, _window_scorer(ensemble, rc_average, probability=False),
                           size, output)
 
 
@@ -196,6 +196,6 @@ def predict_intervals(pipeline: types.ModuleType, run, bed, reference, output, *
     from molml_jax.interpret.intervals import score_intervals
 
     ensemble = load_ensemble(pipeline, run)
-    size = window_length(pipeline, ensemble, length)
-    return score_intervals(bed, reference, _window_scorer(pipeline, ensemble, rc_average, probability=True),
+    size = window_length(ensemble, length)
+    return score_intervals(bed, reference, _window_scorer(ensemble, rc_average, probability=True),
                            size, output)
