@@ -120,7 +120,8 @@ def add_command(sub, name: str, help: str) -> argparse.ArgumentParser:
     return sub.add_parser(name, help=help, description=help, allow_abbrev=False)
 
 
-ENSEMBLE_HELP = "run folder of a trained model; RUN1,RUN2,...: an ensemble (the mean of the members' logits / scores)"
+RUN_HELP = "run folder of a trained model, or pretrained:NAME (python -m experiments.models lists them)"
+ENSEMBLE_HELP = RUN_HELP + "; RUN1,RUN2,...: an ensemble (the mean of the members' logits / scores)"
 
 
 def add_run_command(sub, name: str, help: str, input_help: str, *, sequences: bool = False) -> argparse.ArgumentParser:
@@ -128,17 +129,48 @@ def add_run_command(sub, name: str, help: str, input_help: str, *, sequences: bo
     sequences: a DNA model's command (ensembles and --rc-average; predict also takes --bed)."""
     cmd = add_command(sub, name, help)
     cmd.add_argument("--checkpoint", required=True, metavar="RUN", help=ENSEMBLE_HELP if sequences else
-                     "run folder of a trained model")
+                     RUN_HELP)
     if sequences and name == "predict":
         cmd.add_argument("--input", help=input_help + " (or --bed with --reference)")
         cmd.add_argument("--bed", metavar="PEAKS.bed", help="BED or narrowPeak intervals: each one's window "
                          "(centred on the summit or the middle) of --reference is predicted")
         cmd.add_argument("--reference", metavar="GENOME.fa", help="reference FASTA (plain or bgzip with .fai/.gzi) for --bed")
+    elif name == "evaluate":
+        cmd.add_argument("--input", help=input_help + " (or --split)")
+        add_split(cmd)
     else:
         cmd.add_argument("--input", required=True, help=input_help)
     if sequences:
         add_rc_average(cmd)
     return cmd
+
+
+SPLITS = ("train", "val", "test")
+
+
+def add_split(cmd: argparse.ArgumentParser) -> None:
+    cmd.add_argument("--split", choices=SPLITS, help="instead of --input: this split of the data the model was "
+                     "trained on (its config's data and seed; a pretrained model's bundled or simulated data), "
+                     "evaluated as training does (the numbers of summary.json or the model card)")
+
+
+def run_split_evaluation(pipeline: types.ModuleType, args: argparse.Namespace) -> bool:
+    """evaluate --split PART: print the metrics of summary.json for that split. False when
+    --input is given instead; InputError when both or neither are."""
+    from molml_jax.errors import InputError
+
+    if (args.input is None) == (args.split is None):
+        raise InputError("evaluate: give --input FILE or --split PART (one of them)")
+    if args.split is None:
+        return False
+    if getattr(args, "rc_average", False) or "," in str(args.checkpoint):
+        raise InputError("evaluate --split: one model as trained (no --rc-average, no ensemble); use --input for those")
+    from molml_jax.pipelines.common import evaluate_split
+
+    metrics, _, _ = evaluate_split(pipeline, args.checkpoint, args.split)
+    shown = ", ".join(f"{k} {v:.4f}" for k, v in metrics.items() if k != "n")
+    print(f"{shown} on the {metrics['n']} {args.split} examples of {args.checkpoint}")
+    return True
 
 
 def add_rc_average(cmd: argparse.ArgumentParser) -> None:

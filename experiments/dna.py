@@ -6,6 +6,7 @@
     python -m experiments.dna sweep --lrs 1e-2,3e-3 --seeds 4 --epochs 50
     python -m experiments.dna predict --checkpoint runs/dna --input seqs.fasta --output probs.csv
     python -m experiments.dna evaluate --checkpoint runs/dna --input labeled.csv
+    python -m experiments.dna evaluate --checkpoint pretrained:dna-bilstm --split test   # its model card's AUC
     python -m experiments.dna predict --checkpoint runs/s0,runs/s1 --rc-average --input seqs.fasta --output p.csv
     python -m experiments.dna attribute --checkpoint runs/dna --input seqs.fasta --method ism --output ism.npz --plot 2
     python -m experiments.dna variants --checkpoint runs/dna --variants snvs.vcf.gz --reference hg38.fa --output effects.tsv
@@ -63,6 +64,8 @@ def main(argv: list[str] | None = None) -> None:
         if _cli.run_training_command(dna, args):
             return
         if _cli.run_interpretation_command(dna, args, {"seq_column": getattr(args, "seq_column", "seq")}):
+            return
+        if args.command == "evaluate" and _cli.run_split_evaluation(dna, args):
             return
         columns = {"seq_column": args.seq_column, "label_column": args.label_column, "rc_average": args.rc_average}
         if args.command == "predict":

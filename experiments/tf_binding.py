@@ -6,6 +6,7 @@
     python -m experiments.tf_binding sweep --lrs 1e-2,1e-3,1e-4 --epochs 5 --seeds 3
     python -m experiments.tf_binding predict --checkpoint runs/tf --input S.tsv.gz --output P.tsv.gz
     python -m experiments.tf_binding evaluate --checkpoint runs/tf --input S.tsv.gz --scores C.tsv.gz
+    python -m experiments.tf_binding evaluate --checkpoint pretrained:tf-cnn-ctcf --split val   # its model card's R
     python -m experiments.tf_binding prepare --out data/tf --simulate-windows 5000
     python -m experiments.tf_binding train --data data/tf
     python -m experiments.tf_binding attribute --checkpoint runs/tf --input S.tsv.gz --output ig.npz --plot 3
@@ -32,7 +33,7 @@ def build_parser():
     ev = _cli.add_run_command(sub, "evaluate", "print Pearson R and MSE against a scores file", windows, sequences=True)
     pred.add_argument("--output", required=True, help="scores TSV to write (.gz: gzip); one column per window; "
                                                       "with --bed a TSV (the intervals' fields + score sum and maximum)")
-    ev.add_argument("--scores", required=True, help="scores TSV(.gz) of the same windows")
+    ev.add_argument("--scores", help="scores TSV(.gz) of the --input windows")
     sim = _cli.add_command(sub, "simulate", "write simulated windows in the study's two-file format")
     sim.add_argument("--out", required=True, help="folder for sequences.tsv.gz and scores.tsv.gz")
     sim.add_argument("--windows", type=_cli.positive_int, default=5000, help="number of windows (default: 5000)")
@@ -47,7 +48,7 @@ def build_parser():
 def main(argv: list[str] | None = None) -> None:
     args = _cli.parse(build_parser(), argv)
     from molml_jax.distributed import leave_at_once_on_error
-    from molml_jax.errors import exit_on_user_error
+    from molml_jax.errors import InputError, exit_on_user_error
     from molml_jax.process import prepare_process
 
     with exit_on_user_error():  # bad multi-process flags, an unreachable coordinator: one line
@@ -85,7 +86,9 @@ def main(argv: list[str] | None = None) -> None:
         elif args.command == "predict":
             result = tf_binding.predict(args.checkpoint, args.input, args.output, rc_average=args.rc_average)
             print(f"wrote scores of {result['n']} windows of {result['length']} bp to {result['output']}")
-        else:
+        elif not _cli.run_split_evaluation(tf_binding, args):
+            if args.scores is None:
+                raise InputError("evaluate --input: give the windows' --scores too")
             result = tf_binding.evaluate(args.checkpoint, args.input, args.scores, rc_average=args.rc_average)
             print(f"Pearson R {result['pearson']:.4f}, MSE {result['mse']:.4f} on {result['n']} windows of {args.input}")
 

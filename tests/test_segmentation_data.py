@@ -145,8 +145,16 @@ def test_two_files_for_one_name(pair_folder):
 
 
 def test_zero_one_masks_warn(tmp_path):
-    save(tmp_path / "a_cells.png", grey(4, 4, 0))
-    save(tmp_path / "a_masks.png", (binary(4, 4, 0) // 255).astype(np.uint8))
+    # a 0/1 PNG is a one-object label image (foreground 1, no warning); a 0/1 JPEG is not
+    zero_one = (binary(16, 16, 0) // 255).astype(np.uint8)
+    save(tmp_path / "a_cells.png", grey(16, 16, 0))
+    save(tmp_path / "a_masks.png", zero_one)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        pairs = read_image_pairs(tmp_path)
+    np.testing.assert_array_equal(pairs.masks[0], zero_one.astype(np.float32))
+    (tmp_path / "a_masks.png").unlink()
+    save(tmp_path / "a_masks.jpg", zero_one)
     with pytest.warns(UserWarning, match="labels 0/1"):
         read_image_pairs(tmp_path)
 
@@ -206,8 +214,10 @@ def test_image_and_mask_sizes_differ(pair_folder):
 
 
 def test_binarize_masks(tmp_path):
+    # soft values in a float TIFF (the same values in a PNG would make a label image)
     save(tmp_path / "a_cells.png", grey(4, 4, 0))
-    save(tmp_path / "a_masks.png", np.array([[0, 100, 127, 128], [129, 200, 255, 3]] * 2, np.uint8))
+    soft = np.array([[0, 100, 127, 128], [129, 200, 255, 3]] * 2, np.float32) / 255
+    save(tmp_path / "a_masks.tif", soft, mode="F")
     masks = read_image_pairs(tmp_path, binarize_masks=True).masks[0]
     np.testing.assert_array_equal(masks[0], [0, 0, 0, 1])
     np.testing.assert_array_equal(masks[1], [1, 1, 1, 0])

@@ -10,14 +10,18 @@ from molml_jax.data.dna import (
     read_sequences,
 )
 from molml_jax.data.images import (
+    ImageFile,
     ImagePairs,
     crop_to,
     default_cells_tarball,
+    list_images,
     pad_to_multiple,
     read_image_pairs,
     read_images_for_prediction,
+    read_pairs_table,
     write_mask_png,
 )
+from molml_jax.data.intensity import NORMALIZATIONS, normalization, normalize, pixel_kind
 from molml_jax.data.splits import split_indices
 from molml_jax.data.tf_binding import (
     Motif,
@@ -40,13 +44,20 @@ __all__ = [
     "read_labeled_csv",
     "read_sequences",
     "split_indices",
+    "ImageFile",
     "ImagePairs",
     "crop_to",
     "default_cells_tarball",
+    "list_images",
     "pad_to_multiple",
     "read_image_pairs",
     "read_images_for_prediction",
+    "read_pairs_table",
     "write_mask_png",
+    "NORMALIZATIONS",
+    "normalization",
+    "normalize",
+    "pixel_kind",
     "Motif",
     "PlantedSite",
     "TFBindingData",

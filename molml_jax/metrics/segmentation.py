@@ -1,4 +1,5 @@
-"""Segmentation losses and metrics: Dice loss, Dice/IoU, connected components, DSB 2018 AP.
+"""Segmentation losses and metrics: Dice loss, Dice/IoU, connected components, DSB 2018 AP,
+instance metrics (precision, recall, F1, panoptic quality).
 
 Pure numpy, except `dice_loss_jax` (jax.numpy, imported when it is called) for use inside
 a jitted train step.
@@ -20,6 +21,24 @@ Conventions
   necessarily one-to-one); precision(t) = TP / (TP + FP + FN); the image's score is the
   mean over thresholds. No true and no predicted objects: 1.0; objects on one side only:
   0.0. The dataset score is the mean over images (`mean_average_precision`).
+
+Instance metrics
+----------------
+`instance_counts` and `instance_metrics` score labelled nuclei (int labels, 0 background,
+any numbering: touching nuclei may be separate objects). At an IoU threshold t a true and
+a predicted object match when IoU > t (strictly); for t >= 0.5 a match is one-to-one by
+itself, below 0.5 the one-to-one assignment maximising the number of matches, then the
+summed IoU, is used (as StarDist). TP = matches, FP = n_pred - TP, FN = n_true - TP.
+Tools disagree on how to average these numbers; the ones here are:
+* precision TP / (TP + FP), recall TP / (TP + FN), F1 2TP / (2TP + FP + FN) and panoptic
+  quality PQ = (sum of the matched IoUs) / (TP + FP/2 + FN/2) (Kirillov et al. 2019, as
+  StarDist's `panoptic_quality`): from counts POOLED over the images (StarDist's
+  `matching_dataset(by_image=False)`), so large images weigh more. No objects on either
+  side at all: 1.0; a zero denominator otherwise: 0.0.
+* ap: the DSB 2018 precision TP / (TP + FP + FN) computed PER IMAGE (1.0 with no objects
+  on either side, 0.0 with objects on one side only) and averaged over images, per
+  threshold; ap_mean, its mean over the thresholds, is the DSB 2018 score
+  (`mean_average_precision`) when the objects are connected components.
 """
 
 from __future__ import annotations
@@ -191,6 +210,124 @@ def mean_average_precision(
     return float(
         np.mean([dsb2018_average_precision(p, t, connectivity=connectivity) for p, t in zip(preds, trues)])
     )
+
+
+def _consecutive(labels: np.ndarray, what: str) -> np.ndarray:
+    """int32 labels renumbered 1..n in the order of the old numbers (0 stays background)."""
+    labels = np.asarray(labels)
+    if labels.ndim != 2 or not (np.issubdtype(labels.dtype, np.integer) or labels.dtype == np.bool_):
+        raise ValueError(f"instance_counts: {what} must be integer labels (H, W), got {labels.dtype} {labels.shape}")
+    if labels.size == 0:
+        return np.zeros(labels.shape, np.int32)
+    if labels.min() < 0:
+        raise ValueError(f"instance_counts: {what} has negative labels")
+    top = int(labels.max())
+    if top <= 4 * labels.size + 1024:  # a lookup table: no sort of the pixels
+        present = np.bincount(labels.ravel().astype(np.intp, copy=False), minlength=top + 1) > 0
+        present[0] = False
+        mapping = np.zeros(top + 1, np.int32)
+        mapping[present] = np.arange(1, int(present.sum()) + 1, dtype=np.int32)
+        return mapping[labels]
+    values, inverse = np.unique(labels, return_inverse=True)
+    inverse = inverse.reshape(labels.shape).astype(np.int32)
+    return inverse + 1 if values[0] != 0 else inverse
+
+
+def _iou_pairs(pred_labels: np.ndarray, true_labels: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The object pairs that overlap: pred index, true index (0-based) and IoU, from
+    consecutive labels. Sparse (the pairs, not n_pred x n_true), so that images with tens of
+    thousands of nuclei fit in memory; the values are `_iou_matrix`'s nonzero entries."""
+    n_p, n_t = int(pred_labels.max(initial=0)), int(true_labels.max(initial=0))
+    area_p = np.bincount(pred_labels.ravel(), minlength=n_p + 1)[1:].astype(np.float64)
+    area_t = np.bincount(true_labels.ravel(), minlength=n_t + 1)[1:].astype(np.float64)
+    both = (pred_labels > 0) & (true_labels > 0)
+    keys = pred_labels[both].astype(np.int64) * (n_t + 1) + true_labels[both]
+    keys, inter = np.unique(keys, return_counts=True)
+    p, t = keys // (n_t + 1) - 1, keys % (n_t + 1) - 1
+    return p, t, inter / (area_p[p] + area_t[t] - inter)
+
+
+def instance_counts(true_labels: np.ndarray, pred_labels: np.ndarray, thresholds=DSB_THRESHOLDS) -> dict:
+    """Matches between the labelled objects of one image (see "Instance metrics" above).
+
+    true_labels, pred_labels: int (H, W), 0 background, any numbering. Returns {"n_true",
+    "n_pred", and per threshold lists "tp", "fp", "fn", "matched_iou_sum"}. Thresholds
+    below 0.5 solve an assignment on a dense n_pred x n_true matrix (small images only).
+    """
+    t_lab = _consecutive(true_labels, "true_labels")
+    p_lab = _consecutive(pred_labels, "pred_labels")
+    if t_lab.shape != p_lab.shape:
+        raise ValueError(f"instance_counts: true {t_lab.shape} and pred {p_lab.shape} differ in shape")
+    n_t, n_p = int(t_lab.max(initial=0)), int(p_lab.max(initial=0))
+    p_idx, t_idx, iou = _iou_pairs(p_lab, t_lab)
+    out = {"n_true": n_t, "n_pred": n_p, "tp": [], "fp": [], "fn": [], "matched_iou_sum": []}
+    for t in thresholds:
+        if t >= 0.5 or iou.size == 0:
+            matched = iou[iou > t]  # one-to-one by itself: IoU > 0.5 with two objects is impossible
+        else:
+            from scipy.optimize import linear_sum_assignment
+
+            dense = np.zeros((n_p, n_t))
+            dense[p_idx, t_idx] = iou
+            hit = dense > t
+            rows, cols = linear_sum_assignment(-(hit + dense / (2 * min(n_p, n_t))))
+            keep = hit[rows, cols]
+            matched = dense[rows[keep], cols[keep]]
+        tp = int(matched.size)
+        out["tp"].append(tp)
+        out["fp"].append(n_p - tp)
+        out["fn"].append(n_t - tp)
+        out["matched_iou_sum"].append(float(matched.sum()))
+    return out
+
+
+def _ratio(num: float, den: float, nothing: bool) -> float:
+    return 1.0 if nothing else (float(num) / den if den else 0.0)
+
+
+def instance_metrics(trues: Sequence[np.ndarray], preds: Sequence[np.ndarray], thresholds=DSB_THRESHOLDS) -> dict:
+    """Instance metrics over images (see "Instance metrics" above).
+
+    trues, preds: equal-length lists of int labels (H, W) (sizes may differ between images).
+    Returns {"thresholds", "precision", "recall", "f1", "pq", "ap" (lists, one value per
+    threshold), "ap_mean" (float), "tp", "fp", "fn" (pooled counts per threshold),
+    "n_true", "n_pred", "n_images"}.
+    """
+    if len(trues) != len(preds):
+        raise ValueError(f"instance_metrics: {len(trues)} true label images but {len(preds)} predictions")
+    if len(trues) == 0:
+        raise ValueError("instance_metrics: no images")
+    thresholds = [float(t) for t in thresholds]
+    k = len(thresholds)
+    tp, fp, fn, iou_sum, ap = (np.zeros(k) for _ in range(5))
+    n_true = n_pred = 0
+    for true, pred in zip(trues, preds):
+        c = instance_counts(true, pred, thresholds)
+        n_true += c["n_true"]
+        n_pred += c["n_pred"]
+        tp += c["tp"]
+        fp += c["fp"]
+        fn += c["fn"]
+        iou_sum += c["matched_iou_sum"]
+        for j in range(k):
+            ap[j] += _ratio(c["tp"][j], c["tp"][j] + c["fp"][j] + c["fn"][j], c["n_true"] + c["n_pred"] == 0)
+    nothing = n_true + n_pred == 0
+    ap = (ap / len(trues)).tolist()
+    return {
+        "thresholds": thresholds,
+        "precision": [_ratio(tp[j], tp[j] + fp[j], nothing) for j in range(k)],
+        "recall": [_ratio(tp[j], tp[j] + fn[j], nothing) for j in range(k)],
+        "f1": [_ratio(2 * tp[j], 2 * tp[j] + fp[j] + fn[j], nothing) for j in range(k)],
+        "pq": [_ratio(iou_sum[j], tp[j] + fp[j] / 2 + fn[j] / 2, nothing) for j in range(k)],
+        "ap": ap,
+        "ap_mean": float(np.mean(ap)),
+        "tp": tp.astype(int).tolist(),
+        "fp": fp.astype(int).tolist(),
+        "fn": fn.astype(int).tolist(),
+        "n_true": n_true,
+        "n_pred": n_pred,
+        "n_images": len(trues),
+    }
 
 
 def thresholded_dice_iou(pred, true) -> dict:

@@ -22,16 +22,17 @@ from typing import Any, Callable, Sequence
 import jax
 import numpy as np
 
+from molml_jax import pretrained
 from molml_jax.errors import InputError
 from molml_jax.train import (
     Checkpoints, Engine, FitConfig, LoopConfig, PlateauConfig, create_train_state, fit,
 )
 from molml_jax.train.run_folder import read_run_config, write_json
-from molml_jax.train.state import seed_keys, train_state_shapes
+from molml_jax.train.state import seed_keys, train_state_from_variables, train_state_shapes
 from molml_jax.train import sweep as sweeps
 
 # path-valued settings recorded as absolute paths (None: the pipeline's bundled default)
-PATH_FIELDS = ("data", "sequences", "scores")
+PATH_FIELDS = ("data", "sequences", "scores", "pairs")
 # settings a resumed run may change (every other setting must match the stored run)
 RESUMABLE = ("epochs", "devices", "driver", "checkpoint_every", "out", "early_stopping_patience", "stream")
 # a split streams (stream=None) when the splits would take more than this share of one
@@ -382,8 +383,11 @@ def _evaluate_split(engine: Engine, replicated, arrays, hooks: Hooks, data, part
 
 def load_run(pipeline: types.ModuleType, run_dir, checkpoint: str = "best"):
     """(config, model, variables) of a trained run folder; checkpoint 'best' or 'latest'
-    (a sweep's member keeps only its final state, `latest`, which 'best' then loads)."""
+    (a sweep's member keeps only its final state, `latest`, which 'best' then loads).
+    'pretrained:NAME' loads a model shipped with the package (molml_jax.pretrained)."""
     hooks: Hooks = pipeline.HOOKS
+    if pretrained.is_pretrained(run_dir):  # weights shipped in the package (checksum-checked)
+        return pretrained.load(pipeline, str(run_dir))
     if checkpoint not in ("best", "latest"):
         raise InputError(f"checkpoint must be 'best' or 'latest', not {checkpoint!r}")
     run_dir = Path(run_dir)
@@ -400,6 +404,26 @@ def load_run(pipeline: types.ModuleType, run_dir, checkpoint: str = "best"):
     if state.batch_stats:
         variables["batch_stats"] = state.batch_stats
     return config, model, variables
+
+
+def evaluate_split(pipeline: types.ModuleType, run, part: str) -> tuple[dict, np.ndarray, Any]:
+    """Metrics of a trained run (or 'pretrained:NAME') on one split of the data it was
+    trained on: its config's data (a pretrained model's bundled or simulated data) split
+    with its seed, evaluated by the engine as training evaluates it, so the numbers are
+    those of summary.json (a pretrained model's card). Returns (metrics with 'n', outputs
+    (N, ...), data)."""
+    config, model, variables = resolve_run(pipeline, run)
+    config = dataclasses.replace(config, devices=1, stream=False)
+    data = pipeline.load_data(config)
+    if part not in data.split:
+        raise InputError(f"{run}: its data has no '{part}' split (it has {', '.join(data.split)})")
+    config = pipeline.HOOKS.resolve(config, data)
+    _, task, tx = _setup(pipeline, config)
+    engine = _engine(task, tx, config)
+    state = train_state_from_variables(variables, tx, config.seed)
+    ((metrics, outputs),) = _evaluate_split(engine, engine.replicate(state), engine.put(data.arrays(part)),
+                                            pipeline.HOOKS, data, part)
+    return {"n": int(len(data.split[part])), **metrics}, outputs, data
 
 
 def resolve_run(pipeline: types.ModuleType, run):

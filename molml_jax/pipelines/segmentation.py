@@ -11,24 +11,33 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import os
+import shutil
 import sys
+import tempfile
 from pathlib import Path
 
 import jax
 import numpy as np
 import optax
+import pandas as pd
 
-from molml_jax.data import (
-    default_cells_tarball, read_image_pairs, read_images_for_prediction, split_indices, write_mask_png,
-)
+from molml_jax.data import default_cells_tarball, read_image_pairs, read_pairs_table, split_indices, write_mask_png
+from molml_jax.data.images import list_images
+from molml_jax.data.instances import label_instances, object_table, write_labels
+from molml_jax.data.intensity import NORMALIZATIONS, describe_kind, normalization
+from molml_jax.data.tiles import check_tiling, iter_tiled_rows, predict_tiled
 from molml_jax.data.augment import random_rotation
 from molml_jax.errors import InputError
 from molml_jax.metrics.classification import sigmoid
-from molml_jax.metrics.segmentation import dice_and_iou, dice_loss_jax, mean_average_precision, thresholded_dice_iou
+from molml_jax.metrics.segmentation import (
+    dice_and_iou, dice_loss_jax, instance_metrics, mean_average_precision, thresholded_dice_iou,
+)
 from molml_jax.models.unet import UNet
 from molml_jax.pipelines import common
 from molml_jax.pipelines.common import setting
 from molml_jax.train import AXIS, Task
+from molml_jax.train.run_folder import write_json
 
 _this = sys.modules[__name__]  # what the shared verbs in `common` are given
 # CPU: loop. XLA's own convolutions are several times slower inside lax.scan; with the
@@ -46,8 +55,18 @@ class Config:
 
     data: str | None = setting(None, "folder or .tar.gz of image/mask pairs, or a prepared dataset folder (from "
                                      "`prepare`; its split is used); none: the bundled course tarball", data=True)
-    image_tag: str = setting("cells", "images are NAME_<tag>.EXT", data=True)
-    mask_tag: str = setting("masks", "masks are NAME_<tag>.EXT", data=True)
+    image_tag: str = setting("cells", "images are NAME_<tag>.EXT or <tag>_NAME.EXT (separator _, - or .)", data=True)
+    mask_tag: str = setting("masks", "masks are NAME_<tag>.EXT or <tag>_NAME.EXT; 0/255 masks, or label images "
+                                     "(each object its own integer)", data=True)
+    pairs: str | None = setting(None, "CSV table with columns image, mask (paths relative to the table) instead of "
+                                      "--data", data=True)
+    normalize: str = setting("scale", "pixel values to 0-1: scale divides by the type's maximum (255: the course); "
+                                      "percentile maps each image's 1st-99th percentiles to 0-1 (Cellpose; "
+                                      "independent of bit depth and gain)", choices=NORMALIZATIONS, data=True)
+    channel: int | None = setting(None, "channel of multi-channel images to segment (0-based); none: grey images, "
+                                        "RGB converted to grey", data=True)
+    pixel_kind: str = setting("uint8", "pixel type of the training images (filled from the data): with "
+                                       "--normalize scale, predict takes this type only", cli=False)
     resize: tuple[int, int] | None = setting(None, "resize every pair to H W pixels (multiples of 16)", positive=True,
                                              metavar=("H", "W"), data=True)
     binarize_masks: bool = setting(False, "threshold masks at 0.5 (and rotate them nearest-neighbour)", data=True)
@@ -86,6 +105,17 @@ class SegmentationData:
     split: dict[str, np.ndarray]
     split_seed: int | None = None
     prepared: object = None  # molml_jax.datasets.Prepared
+    labels: list | None = None  # per pair: int32 (H, W) instance labels of a label-image mask, or None
+    normalize: str = "scale"  # how the images were normalised (the run records it for predict)
+    channel: int | None = None
+    pixel_kind: str = "uint8"
+
+    def true_instances(self, index: int) -> np.ndarray:
+        """Instance labels of pair `index`: its label-image mask, else the connected components
+        of its mask (the course's masks are merged: touching nuclei are one object)."""
+        if self.labels is not None and self.labels[index] is not None:
+            return self.labels[index]
+        return label_instances(np.asarray(self.masks[index]) > 0.5)
 
     def arrays(self, part: str) -> dict[str, np.ndarray]:
         if self.prepared is not None:
@@ -108,9 +138,11 @@ def _from_prepared(config: Config) -> SegmentationData:
     from molml_jax.datasets import open_for_config
 
     prepared = open_for_config(config, "segmentation")
+    settings = prepared.metadata.get("settings", {})  # how its images were normalised
     return SegmentationData(prepared.provenance(), prepared.column("name"), prepared.column("image"),
                             prepared.column("mask"), prepared.split(), split_seed=prepared.split_seed,
-                            prepared=prepared)
+                            prepared=prepared, normalize=settings.get("normalize", "scale"),
+                            channel=settings.get("channel"), pixel_kind=prepared.metadata.get("pixel_kind", "uint8"))
 
 
 def load_data(config: Config) -> SegmentationData:
@@ -120,9 +152,16 @@ def load_data(config: Config) -> SegmentationData:
 
     if is_prepared(config.data):
         return _from_prepared(config)
-    source = Path(config.data) if config.data else default_cells_tarball()
-    pairs = read_image_pairs(source, image_tag=config.image_tag, mask_tag=config.mask_tag,
-                             resize=config.resize, binarize_masks=config.binarize_masks)
+    reading = dict(resize=config.resize, binarize_masks=config.binarize_masks, normalize=config.normalize,
+                   channel=config.channel)
+    if config.pairs:
+        if config.data:
+            raise InputError(f"{config.pairs}: give --data or --pairs, not both")
+        source = Path(config.pairs)
+        pairs = read_pairs_table(source, **reading)
+    else:
+        source = Path(config.data) if config.data else default_cells_tarball()
+        pairs = read_image_pairs(source, image_tag=config.image_tag, mask_tag=config.mask_tag, **reading)
     h, w = pairs.images.shape[1:]
     if h % MULTIPLE or w % MULTIPLE:
         raise InputError(f"{source}: images are {h}x{w}; the U-Net needs multiples of {MULTIPLE} (use --resize H W)")
@@ -131,7 +170,14 @@ def load_data(config: Config) -> SegmentationData:
                               val_fraction=config.val_fraction)
     except ValueError as err:
         raise InputError(f"{source}: {err}") from None
-    return SegmentationData(str(source), list(pairs.names), pairs.images, pairs.masks, split, split_seed=config.seed)
+    return SegmentationData(str(source), list(pairs.names), pairs.images, pairs.masks, split, split_seed=config.seed,
+                            labels=pairs.labels, normalize=config.normalize, channel=config.channel,
+                            pixel_kind=pairs.pixel_kind)
+
+
+def _resolve(config: Config, data: SegmentationData) -> Config:
+    """What the data decides: its pixel type and normalisation (a prepared dataset's own)."""
+    return dataclasses.replace(config, normalize=data.normalize, channel=data.channel, pixel_kind=data.pixel_kind)
 
 
 def prepare(config: Config, out):
@@ -146,7 +192,7 @@ def prepare(config: Config, out):
     path = Path(data.source)
     columns = {"image": data.images, "mask": data.masks, "name": np.array(data.names, dtype=object)}
     metadata = {"settings": data_settings(config), "sources": source_checksums(path),
-                "origin": f"{'tarball' if path.is_file() else 'folder'} {path.name}"}
+                "origin": f"{'tarball' if path.is_file() else 'folder'} {path.name}", "pixel_kind": data.pixel_kind}
     return write_prepared(out, "segmentation", columns, data.split, metadata=metadata)
 
 
@@ -200,6 +246,7 @@ HOOKS = common.Hooks(
     name="segmentation",
     title="U-Net",
     example_inputs=lambda config: (np.zeros((1, MULTIPLE, MULTIPLE), np.float32),),
+    resolve=_resolve,
     split_metrics=_split_metrics,
     figures=_figures,
 )
@@ -223,31 +270,184 @@ def load_run(run_dir, checkpoint: str = "best"):
     return common.load_run(_this, run_dir, checkpoint)
 
 
-def predict_arrays(run, inputs, *, batch_size: int = 8) -> np.ndarray:
+TILE = 512  # predict's default tile side: ~20 MB of U-Net activations per tile at num_kernel 8
+OVERLAP = 64
+
+
+def predict_arrays(run, inputs, *, batch_size: int = 8, tile: int | None = None, overlap: int = OVERLAP,
+                   tta: bool = False) -> np.ndarray:
     """Foreground probability per pixel of grey images.
 
-    run: a run folder, or what load_run returned. inputs: (N, H, W) (or one (H, W)) grey
-    images scaled as in training (values / 255 for 8-bit images), any H and W: zero-padded
-    to multiples of 16 for the network and cropped back. Returns (N, H, W) float64 ((H, W) for one).
+    run: a run folder, 'pretrained:NAME', or what load_run returned. inputs: (N, H, W) (or
+    one (H, W)) grey images normalised as in training (molml_jax.data.intensity.normalize
+    with the run's config.normalize; / 255 for the course's 8-bit images), any H and W:
+    zero-padded to multiples of 16 for the network and cropped back. tile: predict images
+    larger than tile x tile in overlapping tiles (molml_jax.data.tiles; None: in one piece);
+    tta: the mean of the 8 flips and rotations by 90 degrees. Returns (N, H, W) float32
+    ((H, W) for one).
     """
     config, model, variables = common.resolve_run(_this, run)
     x = common.check_array(inputs, "inputs", ndim=(2, 3), what="grey images (N, H, W) or (H, W)")
     single = x.ndim == 2
     x = x[None] if single else x
-    h, w = x.shape[1:]
-    padded = np.pad(x, ((0, 0), (0, -h % MULTIPLE), (0, -w % MULTIPLE)))
-    logits = common.apply_in_batches(model, variables, (padded,), batch_size=batch_size)
-    probabilities = sigmoid(logits[:, :h, :w])
+    if tile is None and not tta:
+        h, w = x.shape[1:]
+        padded = np.pad(x, ((0, 0), (0, -h % MULTIPLE), (0, -w % MULTIPLE)))
+        logits = common.apply_in_batches(model, variables, (padded,), batch_size=batch_size)
+        probabilities = sigmoid(logits[:, :h, :w]).astype(np.float32)
+    else:
+        if tile is not None:
+            check_tiling(tile, overlap, multiple=MULTIPLE)
+        logits_of = _logits_function(model, variables)
+        probabilities = np.stack([predict_tiled(logits_of, image, tile=_tile_side(tile, image.shape), overlap=overlap,
+                                                batch_size=batch_size, tta=tta, multiple=MULTIPLE) for image in x])
     return probabilities[0] if single else probabilities
 
 
-def predict(run_dir, input, output, *, threshold: float = 0.5) -> dict:
+def _tile_side(tile: int | None, shape) -> int:
+    """tile, or (None) one tile covering the whole padded image."""
+    return tile if tile is not None else max(-(-side // MULTIPLE) * MULTIPLE for side in shape)
+
+
+def _logits_function(model, variables):
+    """(B, h, w) float32 tiles -> (B, h, w) logits, compiled once per tile shape."""
+    return lambda tiles: common.apply_in_batches(model, variables, (tiles,), batch_size=len(tiles))
+
+
+def _trained_kind(config: Config) -> str | None:
+    """The pixel type new images must have: the training images' under the scale rule."""
+    return config.pixel_kind if config.normalize == "scale" else None
+
+
+def _probability_bands(run, raw: np.ndarray, where: str, *, tile: int, overlap: int, tta: bool, batch_size: int):
+    """(row_start, probabilities (rows, W)) bands of one raw image, normalised by the run's rule."""
+    config, model, variables = run
+    scale, offset = normalization(raw, config.normalize, trained_kind=_trained_kind(config), where=where)
+    return iter_tiled_rows(_logits_function(model, variables), raw, scale=scale, offset=offset, tile=tile,
+                           overlap=overlap, batch_size=batch_size, tta=tta, multiple=MULTIPLE)
+
+
+def _predict_mask(run, raw, where, *, threshold: float, **tiling) -> np.ndarray:
+    """bool (H, W) foreground of one raw image, assembled band by band (peak memory: the
+    image, this mask and one row of tiles)."""
+    mask = np.zeros(raw.shape, dtype=bool)
+    for start, band in _probability_bands(run, raw, where, **tiling):
+        mask[start:start + len(band)] = band > threshold
+    return mask
+
+
+def predict(run_dir, input, output, *, threshold: float = 0.5, tile: int = TILE, overlap: int = OVERLAP,
+            tta: bool = False, instances: bool = False, split_touching: bool = False, batch_size: int = 4) -> dict:
     """Write one 0/255 mask PNG per image of `input` (an image, or a folder or tarball of
-    them) into the folder `output`, with the image's stem. Images of any size."""
+    them) into the folder `output`, named by the image's stem. Images of any size and bit
+    depth, normalised by the run's rule (config.normalize), predicted in tiles of `tile`
+    pixels overlapping by `overlap` (molml_jax.data.tiles), with `tta` the mean of the 8
+    flips and rotations by 90 degrees.
+
+    instances: also STEM_labels.tif (uint16 objects: the mask's 8-connected components, or
+    with split_touching a watershed on the distance transform) and objects.csv (image,
+    label, area, centroid, bounding box, mean raw intensity). Everything is written to a
+    temporary folder first: bad input leaves `output` as it was. Returns {'n', 'output',
+    'objects' (with instances)}."""
+    check_tiling(tile, overlap, multiple=MULTIPLE)
     run = load_run(run_dir)
-    names, images = read_images_for_prediction(input)
+    files = list_images(input)
     output = Path(output)
-    output.mkdir(parents=True, exist_ok=True)
-    for name, image in zip(names, images):
-        write_mask_png(output / f"{Path(name).stem}.png", predict_arrays(run, image) > threshold)
-    return {"n": len(names), "output": str(output)}
+    # staged beside the output (same file system), which is only made once all is predicted
+    staging = Path(tempfile.mkdtemp(prefix=".predict-", dir=next(p for p in (output, *output.parents) if p.exists())))
+    try:
+        tables, written = [], []
+        for name, file in files:
+            raw = file.read_raw(run[0].channel)
+            mask = _predict_mask(run, raw, file.where, threshold=threshold, tile=tile, overlap=overlap, tta=tta,
+                                 batch_size=batch_size)
+            stem = Path(name).stem
+            written.append(write_mask_png(staging / f"{stem}.png", mask).name)
+            if instances:
+                labels = label_instances(mask, split_touching=split_touching)
+                del mask
+                written.append(write_labels(staging / f"{stem}_labels.tif", labels).name)
+                tables.append(object_table(name, labels, raw))
+        if instances:
+            table = pd.concat(tables, ignore_index=True)
+            table.to_csv(staging / "objects.csv", index=False)
+            written.append("objects.csv")
+        output.mkdir(parents=True, exist_ok=True)
+        for file_name in written:
+            os.replace(staging / file_name, output / file_name)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    result = {"n": len(files), "output": str(output)}
+    if instances:
+        result["objects"] = int(len(table))
+    return result
+
+
+def evaluate(run_dir, data=None, *, image_tag: str = "cells", mask_tag: str = "masks", pairs=None,
+             split: str | None = None, output=None, threshold: float = 0.5, tile: int = TILE,
+             overlap: int = OVERLAP, tta: bool = False, split_touching: bool = False, batch_size: int = 4) -> dict:
+    """Dice, IoU and instance metrics of a trained run on image/mask pairs: a folder or
+    tarball (`data`, with its tags), a `pairs` table, or (`split`) a split of the data the
+    run was trained on (a pretrained model's card numbers).
+
+    Per image: Dice and IoU of the mask at `threshold`; predicted objects as predict
+    --instances makes them (split_touching: watershed), true objects from label-image masks
+    or the mask's connected components. Instance metrics at IoU 0.5, 0.55, ..., 0.95
+    (molml_jax.metrics.segmentation, module docstring): precision, recall, F1 and panoptic
+    quality pooled over the images, and the Data Science Bowl 2018 AP = TP / (TP + FP + FN)
+    per image, averaged. Writes them to `output` (JSON) when given. Returns the record."""
+    check_tiling(tile, overlap, multiple=MULTIPLE)
+    if sum(x is not None for x in (data, pairs, split)) != 1:
+        raise InputError("evaluate: give one of --data DIR_OR_TAR, --pairs TABLE.csv or --split PART")
+    run = load_run(run_dir)
+    config = run[0]
+    if split is not None:
+        pairs_data = load_data(dataclasses.replace(config, devices=1))
+        if split not in pairs_data.split:
+            raise InputError(f"{run_dir}: its data has no '{split}' split")
+        index = [int(i) for i in pairs_data.split[split]]
+        names = [pairs_data.names[i] for i in index]
+        # already normalised as in training: predicted as they are
+        items = [(np.asarray(pairs_data.images[i]), np.asarray(pairs_data.masks[i]) > 0.5,
+                  pairs_data.true_instances(i)) for i in index]
+        source = f"{pairs_data.source} ({split} split, seed {config.seed})"
+    else:
+        reading = dict(binarize_masks=True, normalize=config.normalize, channel=config.channel)
+        read = read_pairs_table(pairs, **reading) if pairs is not None else \
+            read_image_pairs(data, image_tag=image_tag, mask_tag=mask_tag, **reading)
+        if config.normalize == "scale" and read.pixel_kind != config.pixel_kind:
+            raise InputError(f"{read.source}: {describe_kind(read.pixel_kind)} images, but {run_dir} was trained on "
+                             f"{describe_kind(config.pixel_kind)} images with --normalize scale; convert them, or use "
+                             "a model trained with --normalize percentile (independent of bit depth and gain)")
+        names = list(read.names)
+        items = [(read.images[i], read.masks[i] > 0.5,
+                  read.labels[i] if read.labels and read.labels[i] is not None else label_instances(read.masks[i] > 0.5))
+                 for i in range(len(read))]
+        source = read.source
+    logits_of = _logits_function(run[1], run[2])
+    dice, iou, trues, preds, per_image = [], [], [], [], []
+    for name, (image, truth, true_labels) in zip(names, items):
+        probability = predict_tiled(logits_of, image, tile=tile, overlap=overlap, batch_size=batch_size, tta=tta,
+                                    multiple=MULTIPLE)
+        predicted = probability > threshold
+        d, j = dice_and_iou(predicted[None], truth[None])
+        labels = label_instances(predicted, split_touching=split_touching)
+        counts = instance_metrics([true_labels], [labels])
+        dice.append(float(d[0]))
+        iou.append(float(j[0]))
+        trues.append(true_labels)
+        preds.append(labels)
+        per_image.append({"name": name, "dice": float(d[0]), "iou": float(j[0]), "true_objects": int(counts["n_true"]),
+                          "predicted_objects": int(counts["n_pred"]), "ap_50": counts["ap"][0], "f1_50": counts["f1"][0]})
+    metrics = instance_metrics(trues, preds)
+    record = {"checkpoint": str(run_dir), "data": source, "n_images": len(items), "threshold": threshold,
+              "tile": tile, "overlap": overlap, "tta": tta, "split_touching": split_touching,
+              "dice": float(np.mean(dice)), "iou": float(np.mean(iou)),
+              "ap_50": metrics["ap"][0], "f1_50": metrics["f1"][0], "precision_50": metrics["precision"][0],
+              "recall_50": metrics["recall"][0], "pq_50": metrics["pq"][0], "dsb_map": metrics["ap_mean"],
+              "true_objects": int(metrics["n_true"]), "predicted_objects": int(metrics["n_pred"]),
+              "instances": {k: metrics[k] for k in ("thresholds", "precision", "recall", "f1", "ap", "pq", "tp", "fp", "fn")},
+              "per_image": per_image}
+    if output is not None:
+        write_json(Path(output), record)
+    return record

@@ -54,6 +54,12 @@ def create_train_state(
     return _state(compiled(init_key), tx, train_key)
 
 
+def train_state_from_variables(variables, tx: optax.GradientTransformation, seed: int = 0) -> TrainState:
+    """A train state holding trained `variables` ({'params', ['batch_stats']}) and a fresh
+    optimiser state: what the engine evaluates a loaded model with."""
+    return _state(variables, tx, seed_keys(seed)[1])
+
+
 def train_state_shapes(model: nn.Module, tx: optax.GradientTransformation, sample_inputs: tuple) -> TrainState:
     """The structure, shapes and dtypes of create_train_state's result (jax.ShapeDtypeStruct
     leaves), without computing it: the target to restore a checkpoint into."""
