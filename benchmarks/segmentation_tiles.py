@@ -5,8 +5,9 @@
     python -m benchmarks.segmentation_tiles --sizes 1024,4096 --checkpoint runs/segmentation
 
 The images are mosaics of the bundled course nuclei (8-bit, 256 x 256 each, flipped at
-random), written once as PNG (8-bit, /255 rule) and as 16-bit TIFF x16 (a 12-bit camera's
-range, --normalize percentile when the model was trained so). Each measurement is a fresh
+random), written once as PNG (8-bit) and as 16-bit TIFF x16 (a 12-bit camera's range); the
+shipped model normalises both by its rule, the per-image percentiles (Cellpose's), and the
+two give the same mask. Each measurement is a fresh
 process running `python -m experiments.segmentation predict` (or, for "whole", one call of
 predict_arrays without tiles on the image, what predict did before tiling); the peak
 resident memory is the kernel's (wait4's ru_maxrss: the whole process, JAX, the image, the
@@ -95,6 +96,34 @@ def measure(checkpoint: str, image: Path, mode: str, out: Path, tile: int, overl
     return {"peak_rss_bytes": rss, "wall_seconds": wall, **json.loads(record.read_text())}
 
 
+def same_masks(out: Path, size: int) -> bool:
+    """Whether the 8-bit image and its x16 16-bit copy got the identical mask."""
+    from PIL import Image
+
+    masks = [np.asarray(Image.open(out / f"mosaic_{size}{suffix}.png")) for suffix in ("", "_16bit")]
+    return bool(np.array_equal(*masks))
+
+
+def normalisation_seconds(work: Path, size: int) -> list[dict]:
+    """Seconds to find each rule's (scale, offset) for the largest image, 8- and 16-bit (the
+    percentile rule counts a histogram of the pixels; best of 3)."""
+    from molml_jax.data.images import list_images
+    from molml_jax.data.intensity import normalization
+
+    rows = []
+    for kind, path in write_images(work, size).items():
+        (_, file), = list_images(path)
+        raw = file.read_raw()
+        for rule in ("scale", "percentile"):
+            best = float("inf")
+            for _ in range(3):
+                start = time.perf_counter()
+                normalization(raw, rule)
+                best = min(best, time.perf_counter() - start)
+            rows.append({"image": kind, "size": size, "rule": rule, "seconds": best})
+    return rows
+
+
 def tiles_of(size: int, tile: int, overlap: int) -> int:
     from molml_jax.data.tiles import tile_starts
 
@@ -139,9 +168,11 @@ def main(argv=None) -> None:
                 rows.append(record)
                 print(f"{size}: {kind}, {record['mode']}: {record['peak_rss_bytes'] / 2**30:.2f} GiB peak, "
                       f"{record['seconds']:.1f} s", file=sys.stderr)
+    rules = normalisation_seconds(work, max(sizes))
+    same = {size: same_masks(work / f"out_{size}_tiled", size) for size in sizes}
     tiled = {r["size"]: r["peak_rss_bytes"] for r in rows if r["mode"] == "tiled" and r["image"] == "8-bit PNG"}
     result = {"machine": machine_facts(), "checkpoint": args.checkpoint, "tile": args.tile, "overlap": args.overlap,
-              "rows": rows, "memory_ratio": tiled[max(tiled)] / tiled[min(tiled)], "memory_goal": MEMORY_GOAL}
+              "rows": rows, "normalisation": rules, "same_mask_8_and_16_bit": same, "memory_ratio": tiled[max(tiled)] / tiled[min(tiled)], "memory_goal": MEMORY_GOAL}
     results = Path(args.results)
     results.mkdir(parents=True, exist_ok=True)
     write_json(results / "segmentation_tiles.json", result)
@@ -151,12 +182,18 @@ def main(argv=None) -> None:
 
 def markdown(result: dict) -> str:
     lines = [f"# Large images: tiled prediction (tile {result['tile']}, overlap {result['overlap']})", "",
-             f"`python -m benchmarks.segmentation_tiles` with `{result['checkpoint']}`; {machine_line(result['machine'])}.",
+             f"`python -m benchmarks.segmentation_tiles` with `{result['checkpoint']}`; {machine_line(result['machine'])}",
              "", "| image | pixels | mode | peak RSS (GiB) | seconds | tiles/s |", "|---|---|---|---|---|---|"]
     for r in result["rows"]:
         rate = f"{r['tiles_per_second']:.2f}" if r["tiles_per_second"] else "-"
         lines.append(f"| {r['image']} | {r['size']} x {r['size']} | {r['mode']} | "
                      f"{r['peak_rss_bytes'] / 2**30:.2f} | {r['seconds']:.1f} | {rate} |")
+    lines += ["", "Finding the normalisation of the largest image (then applied tile by tile):", "",
+              "| image | rule | seconds |", "|---|---|---|"]
+    lines += [f"| {r['image']}, {r['size']} x {r['size']} | {r['rule']} | {r['seconds']:.3f} |"
+              for r in result.get("normalisation", [])]
+    same = ", ".join(f"{size}: {'yes' if v else 'NO'}" for size, v in result.get("same_mask_8_and_16_bit", {}).items())
+    lines += ["", f"The 8-bit image and its x16 16-bit copy got the identical mask: {same}."]
     ok = "within" if result["memory_ratio"] <= result["memory_goal"] else "NOT within"
     lines += ["", f"Tiled peak memory, largest / smallest image: **{result['memory_ratio']:.2f}x** ({ok} the goal of "
               f"{result['memory_goal']:.0f}x) for {max(r['size'] for r in result['rows']) ** 2 / min(r['size'] for r in result['rows']) ** 2:.0f}x the pixels.",

@@ -168,7 +168,7 @@ def test_gpu_goals_are_checked_from_the_measured_epoch_times():
 
 def test_the_package_and_the_suite_import_with_only_the_accelerator_image_stack():
     """The GPU image has jax, flax, optax, orbax, torch, pandas, scikit-learn and matplotlib:
-    no tqdm, wandb, tensorflow-datasets, grain or psutil. Everything the suite needs imports
+    no tqdm, wandb, tensorflow-datasets, grain, psutil, tifffile or scikit-image. Everything the suite needs imports
     without them, and a pipeline loads its files and places its splits."""
     import subprocess
     import sys
@@ -178,7 +178,8 @@ def test_the_package_and_the_suite_import_with_only_the_accelerator_image_stack(
         "import sys, importlib.abc\n"
         "class Block(importlib.abc.MetaPathFinder):\n"
         "    def find_spec(self, name, path=None, target=None):\n"
-        "        if name.split('.')[0] in ('tqdm', 'wandb', 'tensorflow_datasets', 'grain', 'psutil'):\n"
+        "        if name.split('.')[0] in ('tqdm', 'wandb', 'tensorflow_datasets', 'grain', 'psutil', 'tifffile',\n"
+        "                                  'skimage'):\n"
         "            raise ImportError(f'No module named {name!r} (hidden by the test)')\n"
         "sys.meta_path.insert(0, Block())\n"
         "import benchmarks.suite, benchmarks.dna_vs_torch, benchmarks.sweep_parallel, experiments.dna\n"

@@ -128,3 +128,23 @@ def test_the_package_ships_every_model_file():
             assert f"pretrained/{name}/{file}" in shipped
     assert "pretrained/models.json" in shipped
     assert json.loads((pretrained.root() / "models.json").read_text()) == MODELS
+
+
+def test_interpretation_verbs_take_pretrained_models(tmp_path, capsys):
+    """attribute and variants through --checkpoint pretrained:NAME, as with a run folder."""
+    fasta = tmp_path / "w.fa"
+    rng = np.random.default_rng(0)
+    fasta.write_text("".join(f">w{i}\n{''.join(rng.choice(list('ACGT'), 300))}\n" for i in range(2)))
+    result = run_launcher("tf_binding", "attribute", "--checkpoint", "pretrained:tf-cnn-ctcf", "--input", fasta,
+                          "--method", "saliency", "--output", tmp_path / "a.npz", capsys=capsys)
+    assert result.returncode == 0, result.stderr
+    with np.load(tmp_path / "a.npz", allow_pickle=False) as saved:
+        assert saved["attributions"].shape == (2, 300, 4)
+    genome = tmp_path / "g.fa"
+    genome.write_text(">chr1\n" + "".join(rng.choice(list("ACGT"), 400)) + "\n")
+    base = genome.read_text().splitlines()[1][199]
+    (tmp_path / "v.tsv").write_text(f"chrom\tpos\tref\talt\nchr1\t200\t{base}\t{'A' if base != 'A' else 'C'}\n")
+    result = run_launcher("dna", "variants", "--checkpoint", "pretrained:dna-bilstm", "--variants",
+                          tmp_path / "v.tsv", "--reference", genome, "--output", tmp_path / "e.tsv", capsys=capsys)
+    assert result.returncode == 0, result.stderr
+    assert "1 ok" in result.stdout

@@ -75,7 +75,6 @@ from pathlib import Path, PurePosixPath
 from typing import Sequence
 
 import numpy as np
-import tifffile
 from PIL import Image
 
 from molml_jax.data import intensity
@@ -298,7 +297,13 @@ def _read_pil(data: bytes, where: str) -> np.ndarray:
 
 def _read_tiff(data: bytes, where: str) -> tuple[np.ndarray, tuple[int, ...]]:
     """Pixels by tifffile, channels moved last: (H, W) or (H, W, C), C <= MAX_CHANNELS; and
-    the shape as stored (for messages)."""
+    the shape as stored (for messages). Without tifffile (a base dependency, absent from
+    some accelerator images) Pillow reads what it can (single-channel 8/16-bit and float)."""
+    try:
+        import tifffile
+    except ImportError:
+        arr = _read_pil(data, where)
+        return arr, arr.shape
     try:
         with tifffile.TiffFile(io.BytesIO(data)) as tif:
             if not tif.series:
@@ -786,7 +791,8 @@ def write_mask_png(path: str | os.PathLike, mask: np.ndarray) -> Path:
     fg = arr if arr.dtype == np.bool_ else arr > 0.5
     out = Path(path)
     out.parent.mkdir(parents=True, exist_ok=True)
-    Image.fromarray(np.where(fg, 255, 0).astype(np.uint8), mode="L").save(out, format="PNG")
+    # uint8 throughout (np.where would make an int64 copy: 8 bytes per pixel of a large mask)
+    Image.fromarray(fg.astype(np.uint8) * np.uint8(255), mode="L").save(out, format="PNG")
     return out
 
 

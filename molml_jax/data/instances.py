@@ -161,7 +161,7 @@ def write_labels(path, labels) -> Path:
     uncompressed): uint16 when the largest label is <= 65535 (what most viewers, e.g.
     Fiji and napari, open as a label image), else uint32. Creates the parent folders.
     Returns the path."""
-    import tifffile
+    tifffile = require("tifffile", "microscopy", "writing label images (--instances)")
 
     labels = np.asarray(labels)
     if labels.ndim != 2 or not np.issubdtype(labels.dtype, np.integer):
