@@ -114,19 +114,18 @@ def test_card_metrics_reproduced_by_evaluate_on_the_whole_split(name):
 
 
 def test_the_package_ships_every_model_file():
-    """setup.cfg's package_data takes the catalogue, the cards and the weights into a wheel."""
-    import configparser
+    """setup.cfg's package_data, as setuptools reads it, takes the catalogue, the cards and
+    the weights (and the bundled data) into a wheel."""
+    from setuptools.config.setupcfg import read_configuration
 
     from conftest import REPO
 
-    cfg = configparser.ConfigParser()
-    cfg.read(REPO / "setup.cfg")
-    patterns = [p.strip() for p in cfg["options.package_data"]["molml_jax"].split(",")]
+    patterns = read_configuration(REPO / "setup.cfg")["options"]["package_data"]["molml_jax"]
     shipped = {str(p.relative_to(REPO / "molml_jax")) for pattern in patterns for p in (REPO / "molml_jax").glob(pattern)}
     for name in MODELS:
         for file in (*pretrained.CHECKED_FILES, "MODEL_CARD.md"):
             assert f"pretrained/{name}/{file}" in shipped
-    assert "pretrained/models.json" in shipped
+    assert "pretrained/models.json" in shipped and "data/bundled/dna_binding.csv" in shipped
     assert json.loads((pretrained.root() / "models.json").read_text()) == MODELS
 
 
