@@ -148,8 +148,8 @@ def add_run_command(sub, name: str, help: str, input_help: str, *, sequences: bo
 SPLITS = ("train", "val", "test")
 
 
-def add_split(cmd: argparse.ArgumentParser) -> None:
-    cmd.add_argument("--split", choices=SPLITS, help="instead of --input: this split of the data the model was "
+def add_split(cmd: argparse.ArgumentParser, instead_of: str = "--input") -> None:
+    cmd.add_argument("--split", choices=SPLITS, help=f"instead of {instead_of}: this split of the data the model was "
                      "trained on (its config's data and seed; a pretrained model's bundled or simulated data), "
                      "evaluated as training does (the numbers of summary.json or the model card)")
 

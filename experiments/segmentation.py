@@ -39,7 +39,7 @@ def build_parser():
     ev.add_argument("--mask-tag", default="masks", help="masks (0/255 or label images) are NAME_<tag>.EXT or "
                                                         "<tag>_NAME.EXT (default: masks)")
     ev.add_argument("--pairs", metavar="TABLE.csv", help="instead of --data: a table with columns image, mask")
-    _cli.add_split(ev)
+    _cli.add_split(ev, instead_of="--data or --pairs")
     ev.add_argument("--output", required=True, metavar="METRICS.json", help="the metrics, overall and per image")
     for cmd in (pred, ev):
         cmd.add_argument("--tile", type=_cli.positive_int, default=segmentation.TILE,

@@ -27,8 +27,11 @@ The rule
   randomly initialised UNet(num_kernel=2) on a 512 x 512 uniform random image differs from
   the untiled prediction by at most 5.7e-5 in probability near the seams (measured;
   tests/test_tiles.py asserts < 1e-3) and by < 1e-5 farther than 166 pixels from every
-  tile edge inside the image. A trained network can depend more on distant pixels; larger
-  overlaps make the seams smaller, at the cost of more tiles.
+  tile edge inside the image. A trained network can depend more on distant pixels: the
+  shipped unet-nuclei (tile 512, overlap 64, a 1,024 x 1,024 mosaic of course images)
+  differs by 7.8e-5 on average and at most 0.75 at one seam pixel, and its mask at 0.0064%
+  of the pixels; larger overlaps make the seams smaller (overlap 128: 0.0027%, at most
+  0.33), at the cost of more tiles.
 * Memory: one ROW of tiles at a time. The accumulators hold only the rows that a later tile
   row may still touch (at most `tile` rows x padded W, float64 sums and weights), and rows
   are yielded (`iter_tiled_rows`) as soon as no later tile row reaches them, so the peak
