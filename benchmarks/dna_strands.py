@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-from benchmarks.report import machine_facts, machine_line, writable
+from benchmarks.report import machine_facts, machine_line, writable, write_report
 from experiments._cli import positive_int
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -96,15 +96,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--epochs", type=positive_int, default=60)
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args(argv)
-    from molml_jax.train.run_folder import write_json
-
     out = writable(args.out)
     with tempfile.TemporaryDirectory() as work:
         result = run(args.seeds, args.epochs, Path(work))
     result["machine"] = machine_facts()
-    write_json(out / "dna_strands.json", result)
-    (out / "dna_strands.md").write_text(markdown(result))
-    print(markdown(result))
+    print(write_report(out, "dna_strands", result, markdown))
 
 
 if __name__ == "__main__":

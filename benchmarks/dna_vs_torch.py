@@ -42,7 +42,7 @@ from pathlib import Path
 import numpy as np
 
 from benchmarks.report import (epoch_seconds_after_first, machine_facts, machine_line, read_history, writable,
-                               write_results)
+                               write_report, write_results)
 from benchmarks.seed_stats import LEFT_PLATEAU_BELOW, compare, comparison_lines, left_plateau_epoch
 from benchmarks.torch_device import CHOICES, check_torch_device, torch_unavailable_reason
 from experiments._cli import positive_int
@@ -213,7 +213,6 @@ def run_seeds(epochs: int, seeds: list[int], *, devices: int = 1, torch_threads:
 def _write_seeds(epochs, seeds, devices, parallel, sweep, jax_runs, torch_runs, torch_wall, torch_reason,
                  results_dir, stem, data) -> dict:
     from molml_jax.plots import plot_loss_bands
-    from molml_jax.train.run_folder import write_json
 
     def framework(runs):
         left = [r["left_plateau_epoch"] for r in runs if r["left_plateau_epoch"] is not None]
@@ -237,9 +236,7 @@ def _write_seeds(epochs, seeds, devices, parallel, sweep, jax_runs, torch_runs, 
     }
     if results_dir is None:
         return result
-    results_dir.mkdir(parents=True, exist_ok=True)
-    write_json(results_dir / f"{stem}.json", result)
-    (results_dir / f"{stem}.md").write_text(seeds_markdown(result, stem))
+    write_report(results_dir, stem, result, lambda r: seeds_markdown(r, stem))
     groups = {"JAX": [r["history"] for r in jax_runs]}
     if torch_runs:
         groups["PyTorch"] = [r["history"] for r in torch_runs]

@@ -34,7 +34,7 @@ from pathlib import Path
 
 import numpy as np
 
-from benchmarks.report import machine_facts, machine_line, writable
+from benchmarks.report import machine_facts, machine_line, writable, write_report
 from experiments._cli import positive_int
 from molml_jax.process import prepare_process
 
@@ -293,15 +293,11 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     prepare_process(1)
     from molml_jax.errors import exit_on_user_error
-    from molml_jax.train.run_folder import write_json
 
     with exit_on_user_error():
         writable(args.results_dir)
         result = run(args)
-    write_json(args.results_dir / "interpret.json", result)
-    text = markdown(result)
-    (args.results_dir / "interpret.md").write_text(text)
-    print(text)
+    print(write_report(args.results_dir, "interpret", result, markdown))
 
 
 if __name__ == "__main__":

@@ -108,15 +108,24 @@ def epoch_seconds_after_first(history: list[dict]) -> list[float]:
     return [row["epoch_seconds"] for row in history[1:]] or [history[0]["epoch_seconds"]]
 
 
-def write_results(results_dir: Path, stem: str, result: dict, markdown: Callable[[dict], str],
-                  histories: dict[str, list[dict]], curves_name: str, title: str) -> None:
-    """results_dir/{stem}.json and {stem}.md, and the histories' loss curves in curves_name."""
-    from molml_jax.plots import plot_curve_comparison
+def write_report(results_dir: Path, stem: str, result: dict, markdown: Callable[[dict], str]) -> str:
+    """results_dir/{stem}.json (every number) and {stem}.md (the table); returns the markdown."""
     from molml_jax.train.run_folder import write_json
 
+    results_dir = Path(results_dir)
     results_dir.mkdir(parents=True, exist_ok=True)
     write_json(results_dir / f"{stem}.json", result)
-    (results_dir / f"{stem}.md").write_text(markdown(result))
+    text = markdown(result)
+    (results_dir / f"{stem}.md").write_text(text)
+    return text
+
+
+def write_results(results_dir: Path, stem: str, result: dict, markdown: Callable[[dict], str],
+                  histories: dict[str, list[dict]], curves_name: str, title: str) -> None:
+    """write_report, and the histories' loss curves in curves_name."""
+    from molml_jax.plots import plot_curve_comparison
+
+    write_report(results_dir, stem, result, markdown)
     plot_curve_comparison(histories, results_dir / curves_name, title=title)
 
 

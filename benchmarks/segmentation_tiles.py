@@ -29,9 +29,8 @@ from pathlib import Path
 
 import numpy as np
 
-from benchmarks.report import machine_facts, machine_line
+from benchmarks.report import machine_facts, machine_line, write_report
 from benchmarks.streaming import run_measured
-from molml_jax.train.run_folder import write_json
 
 RESULTS = Path(__file__).resolve().parent / "results"
 MEMORY_GOAL = 2.0
@@ -172,12 +171,9 @@ def main(argv=None) -> None:
     same = {size: same_masks(work / f"out_{size}_tiled", size) for size in sizes}
     tiled = {r["size"]: r["peak_rss_bytes"] for r in rows if r["mode"] == "tiled" and r["image"] == "8-bit PNG"}
     result = {"machine": machine_facts(), "checkpoint": args.checkpoint, "tile": args.tile, "overlap": args.overlap,
-              "rows": rows, "normalisation": rules, "same_mask_8_and_16_bit": same, "memory_ratio": tiled[max(tiled)] / tiled[min(tiled)], "memory_goal": MEMORY_GOAL}
-    results = Path(args.results)
-    results.mkdir(parents=True, exist_ok=True)
-    write_json(results / "segmentation_tiles.json", result)
-    (results / "segmentation_tiles.md").write_text(markdown(result))
-    print(markdown(result))
+              "rows": rows, "normalisation": rules, "same_mask_8_and_16_bit": same,
+              "memory_ratio": tiled[max(tiled)] / tiled[min(tiled)], "memory_goal": MEMORY_GOAL}
+    print(write_report(Path(args.results), "segmentation_tiles", result, markdown))
 
 
 def markdown(result: dict) -> str:

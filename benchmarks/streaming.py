@@ -27,7 +27,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from benchmarks.report import machine_facts, machine_line, read_history, writable
+from benchmarks.report import machine_facts, machine_line, read_history, writable, write_report
 from experiments._cli import positive_int
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -120,11 +120,7 @@ def main(argv: list[str] | None = None) -> None:
               "streamed_memory_ratio": large[0]["peak_rss_bytes"] / small[0]["peak_rss_bytes"],
               "streamed_speed_ratio": small[1]["median_epoch_seconds"] / small[0]["median_epoch_seconds"],
               "machine": machine_facts()}
-    from molml_jax.train.run_folder import write_json
-
-    write_json(out / "streaming.json", result)
-    (out / "streaming.md").write_text(markdown(result))
-    print(markdown(result))
+    print(write_report(out, "streaming", result, markdown))
 
 
 if __name__ == "__main__":

@@ -29,7 +29,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from benchmarks.report import epoch_seconds_after_first, machine_facts, machine_line, writable
+from benchmarks.report import epoch_seconds_after_first, machine_facts, machine_line, writable, write_report
 from benchmarks.torch_device import CHOICES, torch_unavailable_reason
 from experiments._cli import positive_int
 from molml_jax.process import prepare_process
@@ -207,7 +207,6 @@ def run_suite(pipelines: list[str], *, quick: bool, seeds: int, out: Path, torch
 
     from benchmarks.seed_stats import compare
     from molml_jax.plots import plot_curve_comparison, plot_loss_bands
-    from molml_jax.train.run_folder import write_json
 
     say = Progress(progress)
     backend = jax.default_backend()
@@ -243,8 +242,7 @@ def run_suite(pipelines: list[str], *, quick: bool, seeds: int, out: Path, torch
               "wall_seconds": time.perf_counter() - say.began}
     if backend == "gpu" and not quick:
         report["gpu_goals"] = goals(cases)
-    write_json(out / "report.json", report)
-    (out / "report.md").write_text(markdown(report))
+    write_report(out, "report", report, markdown)
     say(f"wrote {out / 'report.md'}")
     return report
 

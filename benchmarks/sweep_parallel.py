@@ -20,7 +20,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from benchmarks.report import machine_facts, machine_line
+from benchmarks.report import machine_facts, machine_line, write_report
 from experiments._cli import positive_int, rates
 from molml_jax.process import prepare_process
 
@@ -73,17 +73,13 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args(argv)
     prepare_process(1)
-    from molml_jax.train.run_folder import write_json
 
     measured = []
     for name in args.pipelines.split(","):
         lrs, seeds, epochs = DEFAULTS[name]
         measured.append(measure(name, args.lrs or lrs, args.seeds or seeds, args.epochs or epochs))
     result = {"machine": machine_facts(), "pipelines": measured}
-    args.out.mkdir(parents=True, exist_ok=True)
-    write_json(args.out / "sweep_parallel.json", result)
-    (args.out / "sweep_parallel.md").write_text(markdown(result))
-    print(markdown(result))
+    print(write_report(args.out, "sweep_parallel", result, markdown))
 
 
 if __name__ == "__main__":

@@ -27,7 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
-from benchmarks.report import machine_facts, machine_line, writable
+from benchmarks.report import machine_facts, machine_line, writable, write_report
 from experiments._cli import positive_int
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -175,15 +175,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--explain", type=positive_int, default=200, help="validation windows to explain")
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args(argv)
-    from molml_jax.train.run_folder import write_json
-
     out = writable(args.out)
     with tempfile.TemporaryDirectory() as work:
         result = run(args.windows, args.epochs, args.explain, Path(work))
     result["machine"] = machine_facts()
-    write_json(out / "tf_motifs.json", result)
-    (out / "tf_motifs.md").write_text(markdown(result))
-    print(markdown(result))
+    print(write_report(out, "tf_motifs", result, markdown))
 
 
 if __name__ == "__main__":

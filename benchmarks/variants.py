@@ -34,7 +34,7 @@ from pathlib import Path
 
 import numpy as np
 
-from benchmarks.report import machine_facts, machine_line, writable
+from benchmarks.report import machine_facts, machine_line, writable, write_report
 from experiments._cli import positive_int
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -196,15 +196,12 @@ def main(argv: list[str] | None = None) -> None:
         print(f"{size}: {run['variants_per_second']:,.0f} SNVs/s ({run['model_seconds']:.1f} of {run['seconds']:.1f} s "
               f"in the model), peak RSS {rss / 2**30:.2f} GiB, {run['status']}", file=sys.stderr)
     from molml_jax.pipelines.dna import Config
-    from molml_jax.train.run_folder import write_json
 
     result = {"sizes": args.sizes, "contigs": args.contigs, "contig_length": args.contig_length,
               "batch_size": args.batch_size, "length": LENGTH, "hidden_dim": Config().hidden_dim, "runs": runs,
               "memory_ratio": runs[str(args.sizes[-1])]["peak_rss_bytes"] / runs[str(args.sizes[0])]["peak_rss_bytes"],
               "machine": machine_facts()}
-    write_json(out / "variants.json", result)
-    (out / "variants.md").write_text(markdown(result))
-    print(markdown(result))
+    print(write_report(out, "variants", result, markdown))
 
 
 if __name__ == "__main__":

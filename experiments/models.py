@@ -81,7 +81,7 @@ def _export(args) -> None:
     if args.pipeline == "segmentation":  # objects too: evaluate's instance metrics at IoU 0.5
         record = pipeline.evaluate(args.run, split=split)
         card.update({k: float(record[k]) for k in ("ap_50", "f1_50", "pq_50")})
-    folder = pretrained.export(pipeline, args.run, args.name, summary=args.summary, metrics=card,
+    folder = pretrained.export(pipeline, run, args.name, summary=args.summary, metrics=card,
                                sample=pretrained.sample_metric(pipeline, run, split), version=args.version)
     print(f"wrote {folder} ({_describe(card)}); now write {folder / 'MODEL_CARD.md'}")
 

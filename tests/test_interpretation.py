@@ -73,23 +73,21 @@ def test_rc_augment_changes_nothing_else(tmp_path):
     """On sequences that are their own reverse complement the augmentation is the identity:
     the history with --rc-augment is the history without it (same batches, same dropout and
     initial weights). On other sequences it changes training."""
-    seqs, labels = _palindromes(96, 10, seed=0)
-    csv = tmp_path / "palindromes.csv"
-    pd.DataFrame({"seq": seqs, "bind": labels}).to_csv(csv)
-    histories = {}
-    for flag in (False, True):
-        dna.train_and_evaluate(_dna_config(csv, tmp_path / f"p{flag}", rc_augment=flag), progress=False)
-        histories[flag] = pd.read_csv(tmp_path / f"p{flag}" / "history.csv")
-    pd.testing.assert_frame_equal(histories[False].drop(columns="epoch_seconds"),
-                                  histories[True].drop(columns="epoch_seconds"), atol=1e-6, rtol=0)
-    seqs, labels = motif_sequences(96, 20, seed=1)
-    csv = tmp_path / "motifs.csv"
-    pd.DataFrame({"seq": seqs, "bind": labels}).to_csv(csv)
-    losses = {}
-    for flag in (False, True):
-        dna.train_and_evaluate(_dna_config(csv, tmp_path / f"m{flag}", rc_augment=flag), progress=False)
-        losses[flag] = pd.read_csv(tmp_path / f"m{flag}" / "history.csv")["train_loss"].to_numpy()
-    assert not np.allclose(losses[False], losses[True])
+    def histories(name, seqs, labels):
+        """{rc_augment: history.csv} of the same run without and with the augmentation."""
+        csv = tmp_path / f"{name}.csv"
+        pd.DataFrame({"seq": seqs, "bind": labels}).to_csv(csv)
+        out = {}
+        for flag in (False, True):
+            dna.train_and_evaluate(_dna_config(csv, tmp_path / f"{name}{flag}", rc_augment=flag), progress=False)
+            out[flag] = pd.read_csv(tmp_path / f"{name}{flag}" / "history.csv")
+        return out
+
+    same = histories("palindromes", *_palindromes(96, 10, seed=0))
+    pd.testing.assert_frame_equal(same[False].drop(columns="epoch_seconds"),
+                                  same[True].drop(columns="epoch_seconds"), atol=1e-6, rtol=0)
+    other = histories("motifs", *motif_sequences(96, 20, seed=1))
+    assert not np.allclose(other[False]["train_loss"].to_numpy(), other[True]["train_loss"].to_numpy())
 
 
 @pytest.fixture(scope="module")

@@ -90,6 +90,12 @@ class Config:
         return f"UNet(num_kernel={self.num_kernel}, kernel_size={self.kernel_size})"
 
 
+def true_instances(labels: np.ndarray | None, mask: np.ndarray) -> np.ndarray:
+    """The true objects of a pair: its label-image mask's labels, else the connected
+    components of its mask (the course's masks are merged: touching nuclei are one object)."""
+    return labels if labels is not None else label_instances(np.asarray(mask) > 0.5)
+
+
 @dataclasses.dataclass
 class SegmentationData:
     """images, masks: float32 (N, H, W) in [0, 1], names (N,); split 'train' / 'val' / 'test'
@@ -111,11 +117,9 @@ class SegmentationData:
     pixel_kind: str = "uint8"
 
     def true_instances(self, index: int) -> np.ndarray:
-        """Instance labels of pair `index`: its label-image mask, else the connected components
-        of its mask (the course's masks are merged: touching nuclei are one object)."""
-        if self.labels is not None and self.labels[index] is not None:
-            return self.labels[index]
-        return label_instances(np.asarray(self.masks[index]) > 0.5)
+        """Instance labels of pair `index` (see `true_instances`)."""
+        return true_instances(self.labels[index] if self.labels else None, self.masks[index])
+
 
     def arrays(self, part: str) -> dict[str, np.ndarray]:
         if self.prepared is not None:
@@ -319,19 +323,14 @@ def _trained_kind(config: Config) -> str | None:
     return config.pixel_kind if config.normalize == "scale" else None
 
 
-def _probability_bands(run, raw: np.ndarray, where: str, *, tile: int, overlap: int, tta: bool, batch_size: int):
-    """(row_start, probabilities (rows, W)) bands of one raw image, normalised by the run's rule."""
+def _predict_mask(run, raw: np.ndarray, where: str, *, threshold: float, **tiling) -> np.ndarray:
+    """bool (H, W) foreground of one raw image, normalised by the run's rule and assembled
+    band by band (peak memory: the image, this mask and one row of tiles)."""
     config, model, variables = run
     scale, offset = normalization(raw, config.normalize, trained_kind=_trained_kind(config), where=where)
-    return iter_tiled_rows(_logits_function(model, variables), raw, scale=scale, offset=offset, tile=tile,
-                           overlap=overlap, batch_size=batch_size, tta=tta, multiple=MULTIPLE)
-
-
-def _predict_mask(run, raw, where, *, threshold: float, **tiling) -> np.ndarray:
-    """bool (H, W) foreground of one raw image, assembled band by band (peak memory: the
-    image, this mask and one row of tiles)."""
     mask = np.zeros(raw.shape, dtype=bool)
-    for start, band in _probability_bands(run, raw, where, **tiling):
+    for start, band in iter_tiled_rows(_logits_function(model, variables), raw, scale=scale, offset=offset,
+                                       multiple=MULTIPLE, **tiling):
         mask[start:start + len(band)] = band > threshold
     return mask
 
@@ -420,9 +419,8 @@ def evaluate(run_dir, data=None, *, image_tag: str = "cells", mask_tag: str = "m
                              f"{describe_kind(config.pixel_kind)} images with --normalize scale; convert them, or use "
                              "a model trained with --normalize percentile (independent of bit depth and gain)")
         names = list(read.names)
-        items = [(read.images[i], read.masks[i] > 0.5,
-                  read.labels[i] if read.labels and read.labels[i] is not None else label_instances(read.masks[i] > 0.5))
-                 for i in range(len(read))]
+        items = [(read.images[i], read.masks[i] > 0.5, true_instances(read.labels[i] if read.labels else None,
+                                                                       read.masks[i])) for i in range(len(read))]
         source = read.source
     logits_of = _logits_function(run[1], run[2])
     dice, iou, trues, preds, per_image = [], [], [], [], []

@@ -115,17 +115,17 @@ def _check_shapes(run: str, model, example_inputs, variables) -> None:
         raise InputError(f"{run}: weights do not fit the model its config.json describes (e.g. {differ})")
 
 
-def export(pipeline: types.ModuleType, run_dir, name: str, *, summary: str, metrics: dict, sample: dict,
+def export(pipeline: types.ModuleType, run, name: str, *, summary: str, metrics: dict, sample: dict,
            folder: Path | None = None, version: str = "1.0.0") -> Path:
-    """Write a trained run's best weights as pretrained model NAME (config.json with data
-    paths cleared, weights.npz) and record it and its checksums in models.json. metrics: the
-    card's (with 'split' and 'n'); sample: {'metric', 'n', 'value'} on the first n examples
-    of that split, which the tests reproduce quickly. For maintainers; MODEL_CARD.md is
-    written by hand beside them."""
-    from molml_jax.pipelines.common import PATH_FIELDS, config_record
+    """Write a trained run's best weights (a run folder, or what load_run returned) as
+    pretrained model NAME (config.json with data paths cleared, weights.npz) and record it
+    and its checksums in models.json. metrics: the card's (with 'split' and 'n'); sample:
+    {'metric', 'n', 'value'} on the first n examples of that split, which the tests
+    reproduce quickly. For maintainers; MODEL_CARD.md is written by hand beside them."""
+    from molml_jax.pipelines.common import PATH_FIELDS, config_record, resolve_run
 
     folder = folder or root()
-    config, _, variables = pipeline.load_run(run_dir)
+    config, _, variables = resolve_run(pipeline, run)
     cleared = {k: None for k in PATH_FIELDS if hasattr(config, k)}
     config = dataclasses.replace(config, **cleared, out=f"{PREFIX}{name}")
     target = folder / name
